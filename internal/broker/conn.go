@@ -1,0 +1,567 @@
+package broker
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"net/url"
+	"strings"
+	"sync"
+	"time"
+
+	amqp091 "github.com/rabbitmq/amqp091-go"
+	"github.com/rs/zerolog"
+)
+
+// ErrClosed is returned by operations on a Conn after Close.
+var ErrClosed = errors.New("stalk: client closed")
+
+// State is the connection's lifecycle state.
+type State int32
+
+const (
+	// Connecting: the first dial has not succeeded yet.
+	Connecting State = iota
+	// Ready: connected, and every setup hook has run.
+	Ready
+	// Reconnecting: the connection was lost; the supervisor is redialling.
+	Reconnecting
+	// Closed: Close was called. Terminal.
+	Closed
+)
+
+func (s State) String() string {
+	switch s {
+	case Connecting:
+		return "connecting"
+	case Ready:
+		return "ready"
+	case Reconnecting:
+		return "reconnecting"
+	case Closed:
+		return "closed"
+	}
+	return fmt.Sprintf("State(%d)", int32(s))
+}
+
+// Backoff returns how long to wait before redial attempt n (n starts at 1).
+type Backoff func(attempt int) time.Duration
+
+// DefaultBackoff is capped exponential backoff with full jitter: a random
+// duration in [base/2, min(cap, 100ms·2^(n-1))], cap 5 s.
+func DefaultBackoff(attempt int) time.Duration {
+	const base, max = 100 * time.Millisecond, 5 * time.Second
+	d := base
+	for i := 1; i < attempt && d < max; i++ {
+		d *= 2
+	}
+	if d > max {
+		d = max
+	}
+	half := d / 2
+	return half + time.Duration(rand.Int64N(int64(d-half)+1))
+}
+
+// Hook runs on every new connection, before the Conn reports Ready. An error
+// from a hook closes that connection and triggers a redial, unless it is a
+// permanent error (see Permanent).
+type Hook func(ctx context.Context, conn *amqp091.Connection) error
+
+// Config configures a Conn. Only URL is required.
+type Config struct {
+	URL       string
+	TLS       *tls.Config   // used for amqps:// URLs; nil means the system roots
+	Name      string        // connection_name client property, shown by rabbitmqctl
+	Heartbeat time.Duration // default 10 s
+	Backoff   Backoff       // default DefaultBackoff
+	Logger    zerolog.Logger
+	// DialTimeout bounds one TCP+AMQP handshake attempt. Default 10 s.
+	DialTimeout time.Duration
+}
+
+// Conn is a supervised AMQP connection. It is safe for concurrent use.
+type Conn struct {
+	cfg    Config
+	log    zerolog.Logger
+	life   context.Context // ends at Close
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+
+	mu        sync.Mutex
+	state     State
+	conn      *amqp091.Connection
+	readyCh   chan struct{} // closed while state == Ready; replaced when leaving Ready
+	hooks     []Hook
+	listeners []func(State)
+	lastErr   error
+	blocked   bool
+	unblocked chan struct{} // closed while not blocked
+	closeOnce sync.Once
+}
+
+// Dial connects and starts the supervisor. It returns once the first
+// connection is Ready. Network errors are retried with backoff until ctx
+// ends; an authentication, permission or vhost error is returned at once,
+// since retrying cannot fix it. ctx bounds only the first connection, not
+// the Conn's lifetime.
+func Dial(ctx context.Context, cfg Config, hooks ...Hook) (*Conn, error) {
+	c, err := Start(cfg, hooks...)
+	if err != nil {
+		return nil, err
+	}
+	if err := c.WaitReady(ctx); err != nil {
+		last := c.LastError()
+		c.Close()
+		if last != nil && !errors.Is(err, ErrClosed) {
+			return nil, fmt.Errorf("%w: %w", err, last)
+		}
+		if last != nil {
+			return nil, last
+		}
+		return nil, err
+	}
+	return c, nil
+}
+
+// Start creates a Conn and starts its supervisor without waiting for the
+// first connection. Use WaitReady to wait for it.
+func Start(cfg Config, hooks ...Hook) (*Conn, error) {
+	if cfg.URL == "" {
+		return nil, errors.New("stalk: broker URL is empty")
+	}
+	u, err := url.Parse(cfg.URL)
+	if err != nil {
+		_ = err
+		return nil, fmt.Errorf("stalk: invalid broker URL %q", Redact(cfg.URL))
+	}
+	if u.Scheme != "amqp" && u.Scheme != "amqps" {
+		return nil, fmt.Errorf("stalk: broker URL %q: scheme must be amqp or amqps", Redact(cfg.URL))
+	}
+	if cfg.Heartbeat == 0 {
+		cfg.Heartbeat = 10 * time.Second
+	}
+	if cfg.Backoff == nil {
+		cfg.Backoff = DefaultBackoff
+	}
+	if cfg.DialTimeout == 0 {
+		cfg.DialTimeout = 10 * time.Second
+	}
+	c := &Conn{
+		cfg:       cfg,
+		log:       cfg.Logger.With().Str("broker", Redact(cfg.URL)).Str("conn", cfg.Name).Logger(),
+		readyCh:   make(chan struct{}),
+		hooks:     append([]Hook(nil), hooks...),
+		unblocked: make(chan struct{}),
+	}
+	close(c.unblocked)
+	c.life, c.cancel = context.WithCancel(context.Background())
+	c.wg.Add(1)
+	go c.supervise()
+	return c, nil
+}
+
+// AddHook registers a hook that runs on every future connection. If the
+// Conn is Ready now, the hook also runs at once on the current connection,
+// and its error is returned.
+func (c *Conn) AddHook(ctx context.Context, h Hook) error {
+	c.mu.Lock()
+	c.hooks = append(c.hooks, h)
+	conn := c.conn
+	ready := c.state == Ready
+	c.mu.Unlock()
+	if ready && conn != nil {
+		return h(ctx, conn)
+	}
+	return nil
+}
+
+// OnStateChange registers fn to be called on every state change. fn runs on
+// the supervisor goroutine and must return quickly.
+func (c *Conn) OnStateChange(fn func(State)) {
+	c.mu.Lock()
+	c.listeners = append(c.listeners, fn)
+	c.mu.Unlock()
+}
+
+// State returns the current state.
+func (c *Conn) State() State {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.state
+}
+
+// LastError returns the error that ended the last connection or dial
+// attempt, with passwords redacted, or nil.
+func (c *Conn) LastError() error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.lastErr
+}
+
+// Life returns a context that ends when the Conn is closed.
+func (c *Conn) Life() context.Context { return c.life }
+
+// Logger returns the Conn's logger.
+func (c *Conn) Logger() zerolog.Logger { return c.log }
+
+// WaitReady blocks until the Conn is Ready, ctx ends, or the Conn is closed.
+func (c *Conn) WaitReady(ctx context.Context) error {
+	for {
+		c.mu.Lock()
+		st, ch := c.state, c.readyCh
+		last := c.lastErr
+		c.mu.Unlock()
+		if st == Closed {
+			if last != nil && isPermanent(last) {
+				return last
+			}
+			return ErrClosed
+		}
+		if st == Ready {
+			return nil
+		}
+		select {
+		case <-ch:
+		case <-c.life.Done():
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+}
+
+// Connection waits until Ready and returns the current connection.
+func (c *Conn) Connection(ctx context.Context) (*amqp091.Connection, error) {
+	for {
+		if err := c.WaitReady(ctx); err != nil {
+			return nil, err
+		}
+		c.mu.Lock()
+		conn := c.conn
+		c.mu.Unlock()
+		if conn != nil && !conn.IsClosed() {
+			return conn, nil
+		}
+		// The connection just died; wait for the supervisor to notice.
+		select {
+		case <-time.After(5 * time.Millisecond):
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+	}
+}
+
+// Channel waits until Ready and opens a new channel on the current
+// connection.
+func (c *Conn) Channel(ctx context.Context) (*amqp091.Channel, error) {
+	for {
+		conn, err := c.Connection(ctx)
+		if err != nil {
+			return nil, err
+		}
+		ch, err := conn.Channel()
+		if err == nil {
+			return ch, nil
+		}
+		if !conn.IsClosed() {
+			return nil, fmt.Errorf("stalk: open channel: %w", err)
+		}
+	}
+}
+
+// WaitUnblocked waits while the broker has blocked publishing on this
+// connection (a memory or disk alarm), until ctx ends.
+func (c *Conn) WaitUnblocked(ctx context.Context) error {
+	c.mu.Lock()
+	ch := c.unblocked
+	c.mu.Unlock()
+	select {
+	case <-ch:
+		return nil
+	default:
+	}
+	select {
+	case <-ch:
+		return nil
+	case <-ctx.Done():
+		return fmt.Errorf("stalk: broker is blocking publishes (resource alarm): %w", ctx.Err())
+	case <-c.life.Done():
+		return ErrClosed
+	}
+}
+
+// Blocked reports whether the broker is blocking publishes right now.
+func (c *Conn) Blocked() bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.blocked
+}
+
+// Reset closes the current connection so that the supervisor redials. Use
+// it when a component finds its channel in a state it cannot recover.
+func (c *Conn) Reset(reason error) {
+	c.mu.Lock()
+	conn := c.conn
+	c.mu.Unlock()
+	if conn != nil {
+		c.log.Warn().Err(reason).Msg("resetting connection")
+		_ = conn.Close()
+	}
+}
+
+// Close stops the supervisor, closes the connection and waits for the
+// supervisor to exit. It is idempotent.
+func (c *Conn) Close() error {
+	c.closeOnce.Do(func() {
+		c.cancel()
+		c.mu.Lock()
+		conn := c.conn
+		c.mu.Unlock()
+		if conn != nil {
+			_ = conn.Close()
+		}
+	})
+	c.wg.Wait()
+	return nil
+}
+
+func (c *Conn) setState(s State, conn *amqp091.Connection) {
+	c.mu.Lock()
+	if c.state == Closed {
+		c.mu.Unlock()
+		return
+	}
+	prev := c.state
+	c.state = s
+	if conn != nil || s != Ready {
+		c.conn = conn
+	}
+	if s == Ready {
+		close(c.readyCh)
+	} else if prev == Ready {
+		c.readyCh = make(chan struct{})
+	}
+	if s == Closed {
+		// wake every waiter
+		select {
+		case <-c.readyCh:
+		default:
+			close(c.readyCh)
+		}
+	}
+	ls := append([]func(State){}, c.listeners...)
+	c.mu.Unlock()
+	if prev != s {
+		for _, fn := range ls {
+			fn(s)
+		}
+	}
+}
+
+func (c *Conn) supervise() {
+	defer c.wg.Done()
+	defer c.setState(Closed, nil)
+	attempt := 0
+	for {
+		if c.life.Err() != nil {
+			return
+		}
+		conn, err := c.connectOnce()
+		if err != nil {
+			c.mu.Lock()
+			c.lastErr = err
+			c.mu.Unlock()
+			if isPermanent(err) {
+				c.log.Error().Err(err).Msg("broker refused the connection; not retrying")
+				c.cancel()
+				return
+			}
+			attempt++
+			d := c.cfg.Backoff(attempt)
+			c.log.Warn().Err(err).Int("attempt", attempt).Dur("backoff", d).Msg("connect failed")
+			select {
+			case <-time.After(d):
+				continue
+			case <-c.life.Done():
+				return
+			}
+		}
+		if attempt > 0 {
+			c.log.Info().Int("attempts", attempt).Msg("reconnected")
+		}
+		attempt = 0
+		closed := conn.NotifyClose(make(chan *amqp091.Error, 1))
+		blocked := conn.NotifyBlocked(make(chan amqp091.Blocking, 4))
+		c.setState(Ready, conn)
+		c.watch(conn, closed, blocked)
+		if c.life.Err() != nil {
+			return
+		}
+		c.setState(Reconnecting, nil)
+	}
+}
+
+// watch blocks until conn closes or the Conn is closed.
+func (c *Conn) watch(conn *amqp091.Connection, closed chan *amqp091.Error, blocked chan amqp091.Blocking) {
+	for {
+		select {
+		case e, ok := <-closed:
+			c.setBlocked(false)
+			var err error = errors.New("connection closed")
+			if ok && e != nil {
+				err = e
+			}
+			c.mu.Lock()
+			c.lastErr = err
+			c.mu.Unlock()
+			if c.life.Err() == nil {
+				c.log.Warn().Err(err).Msg("connection lost")
+			}
+			// drain so amqp091 never blocks on us
+			go func() {
+				for range blocked {
+				}
+			}()
+			return
+		case b, ok := <-blocked:
+			if !ok {
+				blocked = nil
+				continue
+			}
+			c.setBlocked(b.Active)
+			if b.Active {
+				c.log.Warn().Str("reason", b.Reason).Msg("broker blocked publishing")
+			} else {
+				c.log.Info().Msg("broker unblocked publishing")
+			}
+		case <-c.life.Done():
+			_ = conn.Close()
+			return
+		}
+	}
+}
+
+func (c *Conn) setBlocked(b bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if b == c.blocked {
+		return
+	}
+	c.blocked = b
+	if b {
+		c.unblocked = make(chan struct{})
+	} else {
+		close(c.unblocked)
+	}
+}
+
+func (c *Conn) connectOnce() (*amqp091.Connection, error) {
+	props := amqp091.NewConnectionProperties()
+	if c.cfg.Name != "" {
+		props.SetClientConnectionName(c.cfg.Name)
+	}
+	props["product"] = "stalk"
+	cfg := amqp091.Config{
+		Heartbeat:       c.cfg.Heartbeat,
+		Properties:      props,
+		TLSClientConfig: c.cfg.TLS,
+		Dial:            amqp091.DefaultDial(c.cfg.DialTimeout),
+	}
+	conn, err := amqp091.DialConfig(c.cfg.URL, cfg)
+	if err != nil {
+		return nil, classify(redactErr(err, c.cfg.URL))
+	}
+	c.mu.Lock()
+	hooks := append([]Hook(nil), c.hooks...)
+	c.mu.Unlock()
+	ctx, cancel := context.WithTimeout(c.life, 30*time.Second)
+	defer cancel()
+	for _, h := range hooks {
+		if err := h(ctx, conn); err != nil {
+			_ = conn.Close()
+			return nil, classify(redactErr(err, c.cfg.URL))
+		}
+	}
+	return conn, nil
+}
+
+// PermanentError marks an error that redialling cannot fix: bad
+// credentials, no access to the vhost, a refused permission.
+type PermanentError struct{ Err error }
+
+func (e *PermanentError) Error() string { return e.Err.Error() }
+func (e *PermanentError) Unwrap() error { return e.Err }
+
+// Permanent wraps err as a PermanentError.
+func Permanent(err error) error { return &PermanentError{Err: err} }
+
+func isPermanent(err error) bool {
+	var p *PermanentError
+	return errors.As(err, &p)
+}
+
+// ErrAccessRefused is wrapped by errors caused by the broker refusing the
+// credentials, the vhost or a permission.
+var ErrAccessRefused = errors.New("stalk: access refused by the broker")
+
+func classify(err error) error {
+	var ae *amqp091.Error
+	if errors.As(err, &ae) {
+		switch ae.Code {
+		case amqp091.AccessRefused, amqp091.NotAllowed:
+			return Permanent(fmt.Errorf("%w (check the user's permissions on the vhost): %w", ErrAccessRefused, err))
+		}
+	}
+	if errors.Is(err, amqp091.ErrSASL) || errors.Is(err, amqp091.ErrCredentials) {
+		return Permanent(fmt.Errorf("%w (check the username and password): %w", ErrAccessRefused, err))
+	}
+	if errors.Is(err, amqp091.ErrVhost) {
+		return Permanent(fmt.Errorf("%w (the vhost does not exist or the user may not open it): %w", ErrAccessRefused, err))
+	}
+	return err
+}
+
+// Redact returns rawURL with any password replaced by "xxxxx".
+func Redact(rawURL string) string {
+	u, err := url.Parse(rawURL)
+	if err != nil {
+		// Fall back to cutting anything between "://" and "@".
+		if i := strings.Index(rawURL, "://"); i >= 0 {
+			if j := strings.LastIndex(rawURL, "@"); j > i {
+				return rawURL[:i+3] + "xxxxx@" + rawURL[j+1:]
+			}
+		}
+		return rawURL
+	}
+	if u.User != nil {
+		if _, has := u.User.Password(); has {
+			u.User = url.UserPassword(u.User.Username(), "xxxxx")
+		}
+	}
+	return u.String()
+}
+
+// redactErr removes the URL's password from err's text, if it appears.
+func redactErr(err error, rawURL string) error {
+	if err == nil {
+		return nil
+	}
+	u, perr := url.Parse(rawURL)
+	if perr != nil || u.User == nil {
+		return err
+	}
+	pw, has := u.User.Password()
+	if !has || pw == "" || !strings.Contains(err.Error(), pw) {
+		return err
+	}
+	return &redactedError{msg: strings.ReplaceAll(err.Error(), pw, "xxxxx"), err: err}
+}
+
+type redactedError struct {
+	msg string
+	err error
+}
+
+func (e *redactedError) Error() string { return e.msg }
+func (e *redactedError) Unwrap() error { return e.err }
