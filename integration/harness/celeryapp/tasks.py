@@ -1,0 +1,102 @@
+"""Celery tasks used by stalk's integration tests and by the docker-compose worker.
+
+The broker comes from STALK_BROKER_URL or CELERY_BROKER_URL. Results use the
+rpc:// backend, which publishes every state to the task's reply_to queue.
+"""
+import os
+import time
+
+from celery import Celery
+
+broker = os.environ.get("STALK_BROKER_URL") or os.environ.get(
+    "CELERY_BROKER_URL", "amqp://guest:guest@127.0.0.1:5672//")
+app = Celery("tasks", broker=broker, backend="rpc://")
+app.conf.task_track_started = True
+app.conf.accept_content = ["json"]
+app.conf.result_persistent = os.environ.get("STALK_RESULT_PERSISTENT", "") == "1"
+app.conf.worker_prefetch_multiplier = int(os.environ.get("STALK_PREFETCH", "4"))
+app.conf.broker_connection_retry_on_startup = True
+if os.environ.get("STALK_SENT_EVENTS") == "1":
+    app.conf.task_send_sent_event = True
+
+
+class CustomError(Exception):
+    """An exception defined by the application, not by Python."""
+
+
+@app.task
+def add(x, y):
+    return x + y
+
+
+@app.task
+def mul(x, y):
+    return x * y
+
+
+@app.task
+def tsum(xs):
+    return sum(xs)
+
+
+@app.task
+def slow(s):
+    time.sleep(s)
+    return s
+
+
+@app.task
+def boom(msg):
+    raise ValueError(msg)
+
+
+@app.task
+def custom_fail(code, detail):
+    raise CustomError(code, detail)
+
+
+@app.task(bind=True)
+def progress(self, n, delay=0.05):
+    for i in range(n):
+        self.update_state(state="PROGRESS", meta={"current": i, "total": n})
+        time.sleep(delay)
+    return n
+
+
+@app.task(bind=True, max_retries=5, default_retry_delay=0.1)
+def flaky(self, times=2):
+    if self.request.retries < times:
+        raise self.retry(exc=RuntimeError("try again"))
+    return "ok after %d" % self.request.retries
+
+
+@app.task
+def spawn(n):
+    return [add.delay(i, i).id for i in range(n)]
+
+
+@app.task(ignore_result=True)
+def quiet():
+    return 1
+
+
+@app.task
+def echo(*args, **kwargs):
+    return {"args": list(args), "kwargs": kwargs}
+
+
+@app.task
+def big():
+    return {"big": 2 ** 70, "neg": -(2 ** 64) - 1, "exact": 9007199254740993, "float": 0.1}
+
+
+@app.task(acks_late=True, reject_on_worker_lost=True)
+def slow_late(s):
+    time.sleep(s)
+    return s
+
+
+@app.task(bind=True)
+def whoami(self):
+    return {"hostname": self.request.hostname, "retries": self.request.retries,
+            "reply_to": self.request.reply_to}
