@@ -1,0 +1,49 @@
+// Command echoworker runs the echo worker until interrupted.
+//
+//	go run ./integration/echoworker/cmd/echoworker -queue celery -channels 4 -prefetch 256
+//
+// The broker URL comes from -url, or $STALK_BROKER_URL, or the local
+// RabbitMQ with guest/guest.
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"github.com/stalk-dev/stalk/integration/echoworker"
+)
+
+func main() {
+	def := os.Getenv("STALK_BROKER_URL")
+	if def == "" {
+		def = "amqp://guest:guest@127.0.0.1:5672/"
+	}
+	url := flag.String("url", def, "AMQP broker URL")
+	queue := flag.String("queue", "celery", "queue to consume")
+	channels := flag.Int("channels", 4, "channels (consumers)")
+	prefetch := flag.Int("prefetch", 256, "prefetch count per channel")
+	flag.Parse()
+
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	startCtx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	w, err := echoworker.Start(startCtx, echoworker.Config{URL: *url, Queue: *queue, Channels: *channels, Prefetch: *prefetch})
+	cancel()
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	fmt.Fprintf(os.Stderr, "echoworker: consuming %q on %d channels, prefetch %d\n", *queue, *channels, *prefetch)
+	<-ctx.Done()
+	w.Stop()
+	fmt.Fprintf(os.Stderr, "echoworker: %d results published, %d messages dropped\n", w.Processed(), w.Dropped())
+	if err := w.Err(); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+}
