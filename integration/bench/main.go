@@ -1,0 +1,466 @@
+// Command bench measures stalk against the plain amqp091-go floor, the
+// broker's own per-task-queue ceiling and Celery's Python client, in one
+// run, against one broker and one in-process echo worker
+// (integration/echoworker), and reports ratios.
+//
+//	go run ./integration/bench                 # everything, human table
+//	go run ./integration/bench -json           # ... and a JSON object on the last line
+//	go run ./integration/bench -smoke          # tiny N of every part; non-zero exit on failure
+//	go run ./integration/bench -mode floor,shared -n 50000 -window 128
+//
+// The broker is $STALK_BROKER_URL or amqp://guest:guest@127.0.0.1:5672/.
+// Every queue and exchange it creates is named stalk-bench-<random>-… and
+// is deleted before it exits.
+//
+// Modes (-mode, comma-separated, default all):
+//
+//	floor    plain amqp091-go RPC: one publishing channel with publisher
+//	         confirms (stalk's Send returns after the confirm), one reply
+//	         queue, correlation by id; plus the same without confirms, for
+//	         information
+//	shared   stalk, amqp.Shared reply mode
+//	ceiling  the broker's per-task-queue ceiling: queue.declare (durable,
+//	         x-expires), basic.consume, basic.cancel per task on -lanes
+//	         channels; the queues are left to expire, as stalk leaves its
+//	         per-task queues, and are deleted after the timed part
+//	pertask  stalk, amqp.PerTask reply mode with -lanes lanes
+//	python   Celery's own client (send_task + get over rpc://), run by
+//	         /usr/bin/python3 ($STALK_PYTHON) from pyclient.py
+//	memory   a child process holds -pending results pending in shared
+//	         mode (their queue has no worker) and reports its RSS; the
+//	         AMQP channels of both modes are counted with rabbitmqctl
+//
+// Throughput is measured with -window tasks outstanding, latency as -seq
+// sequential round trips. The machine is shared and noisy: compare the
+// ratios, which are measured side by side; -rounds repeats the
+// throughput-critical modes interleaved and reports medians.
+package main
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"math"
+	"os"
+	"os/signal"
+	"sort"
+	"strings"
+	"syscall"
+	"text/tabwriter"
+	"time"
+
+	"github.com/stalk-dev/stalk/integration/echoworker"
+)
+
+type config struct {
+	url            string
+	prefix         string // stalk-bench-<random>
+	taskQueue      string // the echo worker's queue
+	n              int
+	window         int
+	seq            int
+	lanes          int
+	pending        int
+	pyN            int
+	ceilingN       int
+	pertaskN       int
+	rounds         int
+	ceilingExpires time.Duration
+	modes          map[string]bool
+	jsonOut        bool
+	smoke          bool
+	workerChannels int
+	workerPrefetch int
+}
+
+func (c *config) warmup() int {
+	w := c.n / 10
+	if w > 2000 {
+		w = 2000
+	}
+	if w < c.window {
+		w = c.window
+	}
+	return w
+}
+
+// modeResult is one mode's numbers. Zero-valued when the mode did not run.
+type modeResult struct {
+	OK   bool
+	PerS float64
+	P50  float64 // ms
+	P99  float64 // ms
+	Err  string
+}
+
+var allModes = []string{"floor", "shared", "ceiling", "pertask", "python", "memory"}
+
+func main() {
+	if os.Getenv(childEnv) != "" {
+		os.Exit(childMain())
+	}
+	os.Exit(run())
+}
+
+func run() int {
+	cfg := &config{}
+	def := os.Getenv("STALK_BROKER_URL")
+	if def == "" {
+		def = "amqp://guest:guest@127.0.0.1:5672/"
+	}
+	flag.StringVar(&cfg.url, "url", def, "AMQP broker URL (default $STALK_BROKER_URL or the local RabbitMQ)")
+	flag.IntVar(&cfg.n, "n", 20000, "tasks per throughput run (floor, shared)")
+	flag.IntVar(&cfg.window, "window", 128, "tasks outstanding in throughput runs")
+	mode := flag.String("mode", "all", "comma-separated: all, floor, shared, pertask, ceiling, python, memory")
+	flag.IntVar(&cfg.lanes, "lanes", 16, "channels for per-task mode and the queue ceiling")
+	flag.IntVar(&cfg.seq, "seq", 2000, "sequential round trips for latency")
+	flag.IntVar(&cfg.pending, "pending", 100000, "pending results for the memory test")
+	flag.IntVar(&cfg.pyN, "pyn", 3000, "tasks for the Python client's throughput run")
+	flag.IntVar(&cfg.ceilingN, "ceilingn", 5000, "queues for the ceiling")
+	flag.IntVar(&cfg.pertaskN, "pertaskn", 5000, "tasks for per-task mode's throughput run")
+	flag.IntVar(&cfg.rounds, "rounds", 1, "interleaved repetitions of floor/shared/ceiling/pertask; medians are reported")
+	flag.IntVar(&cfg.workerChannels, "worker-channels", 4, "echo worker channels")
+	flag.IntVar(&cfg.workerPrefetch, "worker-prefetch", 256, "echo worker prefetch per channel")
+	flag.BoolVar(&cfg.jsonOut, "json", false, "print one JSON object on the last line")
+	flag.BoolVar(&cfg.smoke, "smoke", false, "tiny N of every mode; exit non-zero if any part fails")
+	flag.Parse()
+	cfg.ceilingExpires = 30 * time.Second
+
+	if cfg.smoke {
+		cfg.n, cfg.seq, cfg.pyN, cfg.ceilingN, cfg.pertaskN, cfg.pending, cfg.rounds = 200, 50, 100, 200, 200, 2000, 1
+		if cfg.window > 32 {
+			cfg.window = 32
+		}
+	}
+	if cfg.n <= 0 || cfg.window <= 0 || cfg.seq <= 0 || cfg.lanes <= 0 || cfg.rounds <= 0 {
+		fmt.Fprintln(os.Stderr, "bench: -n, -window, -seq, -lanes and -rounds must be positive")
+		return 2
+	}
+	cfg.modes = map[string]bool{}
+	for _, m := range strings.Split(*mode, ",") {
+		m = strings.TrimSpace(m)
+		switch m {
+		case "all":
+			for _, a := range allModes {
+				cfg.modes[a] = true
+			}
+		case "floor", "shared", "pertask", "ceiling", "python", "memory":
+			cfg.modes[m] = true
+		default:
+			fmt.Fprintf(os.Stderr, "bench: unknown mode %q\n", m)
+			return 2
+		}
+	}
+	b := make([]byte, 4)
+	_, _ = rand.Read(b)
+	cfg.prefix = "stalk-bench-" + hex.EncodeToString(b)
+	cfg.taskQueue = cfg.prefix + "-tasks"
+
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	rep, err := bench(ctx, cfg)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "bench:", err)
+		return 1
+	}
+	rep.print(os.Stdout, cfg)
+	if cfg.jsonOut {
+		enc := json.NewEncoder(os.Stdout)
+		enc.SetEscapeHTML(false)
+		_ = enc.Encode(rep.jsonObject())
+	}
+	if len(rep.failures) > 0 {
+		return 1
+	}
+	return 0
+}
+
+type report struct {
+	floor, floorNoConfirm, shared, pertask, python modeResult
+	ceiling                                        float64
+	ceilingOK                                      bool
+	pythonMissing                                  string
+	pending                                        *pendingReport
+	channelsShared, channelsPerTask                *int
+	channelsPerTaskPending                         int
+	failures                                       []string
+	notes                                          []string
+}
+
+func (r *report) fail(part string, err error) {
+	r.failures = append(r.failures, fmt.Sprintf("%s: %v", part, err))
+	fmt.Fprintf(os.Stderr, "bench: %s failed: %v\n", part, err)
+}
+
+func bench(ctx context.Context, cfg *config) (*report, error) {
+	rep := &report{}
+	needWorker := cfg.modes["floor"] || cfg.modes["shared"] || cfg.modes["pertask"] || cfg.modes["python"]
+	if needWorker {
+		sctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+		w, err := echoworker.Start(sctx, echoworker.Config{
+			URL: cfg.url, Queue: cfg.taskQueue, Channels: cfg.workerChannels,
+			Prefetch: cfg.workerPrefetch, Name: cfg.prefix + " echoworker",
+		})
+		cancel()
+		if err != nil {
+			return nil, err
+		}
+		defer deleteQueue(cfg, cfg.taskQueue)
+		defer w.Stop()
+	}
+	progress := func(format string, a ...any) {
+		fmt.Fprintf(os.Stderr, "bench: "+format+"\n", a...)
+	}
+
+	var floors, noconfs, shareds, pertasks []modeResult
+	var ceilings []float64
+	for round := 0; round < cfg.rounds && ctx.Err() == nil; round++ {
+		if cfg.modes["floor"] {
+			progress("floor (confirms), round %d", round+1)
+			if r, err := runFloor(ctx, cfg, true); err != nil {
+				rep.fail("floor", err)
+			} else {
+				floors = append(floors, r)
+			}
+			progress("floor (no confirms), round %d", round+1)
+			if r, err := runFloor(ctx, cfg, false); err != nil {
+				rep.fail("floor-noconfirm", err)
+			} else {
+				noconfs = append(noconfs, r)
+			}
+		}
+		if cfg.modes["shared"] {
+			progress("stalk shared, round %d", round+1)
+			r, ch, err := runStalk(ctx, cfg, "shared", cfg.n)
+			if err != nil {
+				rep.fail("shared", err)
+			} else {
+				shareds = append(shareds, r)
+				rep.channelsShared = ch
+			}
+		}
+		if cfg.modes["ceiling"] {
+			progress("queue ceiling (%d lanes), round %d", cfg.lanes, round+1)
+			if q, err := runCeiling(ctx, cfg, cfg.ceilingN); err != nil {
+				rep.fail("ceiling", err)
+			} else {
+				ceilings = append(ceilings, q)
+			}
+		}
+		if cfg.modes["pertask"] {
+			progress("stalk per-task (%d lanes), round %d", cfg.lanes, round+1)
+			r, ch, err := runStalk(ctx, cfg, "pertask", cfg.pertaskN)
+			if err != nil {
+				rep.fail("pertask", err)
+			} else {
+				pertasks = append(pertasks, r)
+				rep.channelsPerTask = ch
+			}
+		}
+	}
+	rep.floor, rep.floorNoConfirm = median(floors), median(noconfs)
+	rep.shared, rep.pertask = median(shareds), median(pertasks)
+	if len(ceilings) > 0 {
+		sort.Float64s(ceilings)
+		rep.ceiling, rep.ceilingOK = ceilings[len(ceilings)/2], true
+	}
+
+	if cfg.modes["python"] && ctx.Err() == nil {
+		progress("python celery client")
+		r, err := runPython(ctx, cfg, cfg.pyN)
+		switch {
+		case errors.Is(err, errNoPython):
+			rep.pythonMissing = err.Error()
+			progress("%v: python_per_s is null", err)
+		case err != nil:
+			rep.fail("python", err)
+		default:
+			rep.python = r
+		}
+	}
+	if cfg.modes["memory"] && ctx.Err() == nil {
+		progress("memory: %d pending results in a child process", cfg.pending)
+		p, err := runPendingChild(ctx, cfg)
+		if err != nil {
+			rep.fail("memory", err)
+		} else {
+			rep.pending = p
+		}
+		progress("channels in per-task mode with pending results")
+		ch, n, err := pertaskChannels(ctx, cfg)
+		if err != nil {
+			rep.fail("channels-pertask", err)
+		} else {
+			rep.channelsPerTask, rep.channelsPerTaskPending = ch, n
+		}
+	}
+	if err := ctx.Err(); err != nil {
+		return rep, err
+	}
+	return rep, nil
+}
+
+// median picks, by throughput, the median of several rounds.
+func median(rs []modeResult) modeResult {
+	if len(rs) == 0 {
+		return modeResult{}
+	}
+	s := append([]modeResult(nil), rs...)
+	sort.Slice(s, func(i, j int) bool { return s[i].PerS < s[j].PerS })
+	m := s[len(s)/2]
+	p50 := make([]float64, len(s))
+	p99 := make([]float64, len(s))
+	for i, r := range s {
+		p50[i], p99[i] = r.P50, r.P99
+	}
+	sort.Float64s(p50)
+	sort.Float64s(p99)
+	m.P50, m.P99 = p50[len(p50)/2], p99[len(p99)/2]
+	return m
+}
+
+func ratio(a, b float64, ok bool) any {
+	if !ok || b == 0 || a == 0 {
+		return nil
+	}
+	return round3(a / b)
+}
+
+func round3(f float64) float64 { return math.Round(f*1000) / 1000 }
+
+func num(r modeResult, f float64) any {
+	if !r.OK {
+		return nil
+	}
+	return round3(f)
+}
+
+func (r *report) jsonObject() map[string]any {
+	o := map[string]any{
+		"floor_per_s":              num(r.floor, r.floor.PerS),
+		"floor_p50_ms":             num(r.floor, r.floor.P50),
+		"floor_p99_ms":             num(r.floor, r.floor.P99),
+		"floor_noconfirm_per_s":    num(r.floorNoConfirm, r.floorNoConfirm.PerS),
+		"floor_noconfirm_p50_ms":   num(r.floorNoConfirm, r.floorNoConfirm.P50),
+		"floor_noconfirm_p99_ms":   num(r.floorNoConfirm, r.floorNoConfirm.P99),
+		"shared_per_s":             num(r.shared, r.shared.PerS),
+		"shared_p50_ms":            num(r.shared, r.shared.P50),
+		"shared_p99_ms":            num(r.shared, r.shared.P99),
+		"pertask_per_s":            num(r.pertask, r.pertask.PerS),
+		"pertask_p50_ms":           num(r.pertask, r.pertask.P50),
+		"pertask_p99_ms":           num(r.pertask, r.pertask.P99),
+		"python_per_s":             num(r.python, r.python.PerS),
+		"python_p50_ms":            num(r.python, r.python.P50),
+		"python_p99_ms":            num(r.python, r.python.P99),
+		"queue_ceiling_per_s":      nil,
+		"shared_vs_floor":          ratio(r.shared.PerS, r.floor.PerS, r.shared.OK && r.floor.OK),
+		"pertask_vs_ceiling":       ratio(r.pertask.PerS, r.ceiling, r.pertask.OK && r.ceilingOK),
+		"shared_p50_vs_floor_p50":  ratio(r.shared.P50, r.floor.P50, r.shared.OK && r.floor.OK),
+		"shared_vs_python":         ratio(r.shared.PerS, r.python.PerS, r.shared.OK && r.python.OK),
+		"pending100k_rss_mb":       nil,
+		"pending_count":            nil,
+		"channels_shared":          nil,
+		"channels_pertask":         nil,
+		"channels_pertask_pending": nil,
+		"failures":                 append([]string{}, r.failures...),
+	}
+	if r.ceilingOK {
+		o["queue_ceiling_per_s"] = round3(r.ceiling)
+	}
+	if p := r.pending; p != nil {
+		o["pending100k_rss_mb"] = round3(p.RSSMB)
+		o["pending_count"] = p.Pending
+		o["pending_baseline_rss_mb"] = round3(p.BaselineRSSMB)
+		o["pending_heap_mb"] = round3(p.HeapMB)
+		o["channels_shared_idle"] = p.ChannelsIdle
+		o["channels_shared"] = p.ChannelsPending
+	} else if r.channelsShared != nil {
+		o["channels_shared"] = *r.channelsShared
+	}
+	if r.channelsPerTask != nil {
+		o["channels_pertask"] = *r.channelsPerTask
+		o["channels_pertask_pending"] = r.channelsPerTaskPending
+	}
+	if r.pythonMissing != "" {
+		o["python_missing"] = r.pythonMissing
+	}
+	o["targets"] = map[string]any{
+		"shared_vs_floor>=0.8":          cmp(o["shared_vs_floor"], func(f float64) bool { return f >= 0.8 }),
+		"shared_p50_vs_floor_p50<=1.25": cmp(o["shared_p50_vs_floor_p50"], func(f float64) bool { return f <= 1.25 }),
+		"pertask_vs_ceiling>=0.7":       cmp(o["pertask_vs_ceiling"], func(f float64) bool { return f >= 0.7 }),
+		"shared_vs_python>=15":          cmp(o["shared_vs_python"], func(f float64) bool { return f >= 15 }),
+		"pending100k_rss_mb<=200":       cmp(o["pending100k_rss_mb"], func(f float64) bool { return f <= 200 }),
+	}
+	return o
+}
+
+func cmp(v any, ok func(float64) bool) any {
+	f, isNum := v.(float64)
+	if !isNum {
+		return nil
+	}
+	return ok(f)
+}
+
+func (r *report) print(out io.Writer, cfg *config) {
+	tw := tabwriter.NewWriter(out, 0, 0, 2, ' ', tabwriter.AlignRight)
+	fmt.Fprintf(tw, "mode\tper s\tp50 ms\tp99 ms\tvs\t\n")
+	row := func(name string, m modeResult, vs string) {
+		if !m.OK {
+			return
+		}
+		fmt.Fprintf(tw, "%s\t%.0f\t%.3f\t%.3f\t%s\t\n", name, m.PerS, m.P50, m.P99, vs)
+	}
+	o := r.jsonObject()
+	f := func(key, label string) string {
+		if v, ok := o[key].(float64); ok {
+			return fmt.Sprintf("%.2f× %s", v, label)
+		}
+		return ""
+	}
+	row("floor (amqp091-go, confirms)", r.floor, "")
+	row("floor without confirms (info)", r.floorNoConfirm, "")
+	row("stalk shared", r.shared, f("shared_vs_floor", "floor")+"  p50 "+f("shared_p50_vs_floor_p50", "floor"))
+	if r.ceilingOK {
+		fmt.Fprintf(tw, "queue ceiling (%d channels)\t%.0f\t\t\t\t\n", cfg.lanes, r.ceiling)
+	}
+	row("stalk per-task", r.pertask, f("pertask_vs_ceiling", "ceiling"))
+	row("python celery (rpc://)", r.python, "")
+	if r.shared.OK && r.python.OK {
+		fmt.Fprintf(tw, "stalk shared vs python\t\t\t\t%s\t\n", f("shared_vs_python", "python"))
+	}
+	tw.Flush()
+	if r.pythonMissing != "" {
+		fmt.Fprintf(out, "python: not measured: %s\n", r.pythonMissing)
+	}
+	if p := r.pending; p != nil {
+		fmt.Fprintf(out, "memory: %d pending results (shared mode): RSS %.1f MB (%.1f MB before sending; Go heap in use %.1f MB)\n",
+			p.Pending, p.RSSMB, p.BaselineRSSMB, p.HeapMB)
+		fmt.Fprintf(out, "channels, shared mode: %d with 1 pending result, %d with %d pending\n", p.ChannelsIdle, p.ChannelsPending, p.Pending)
+	}
+	if r.channelsPerTask != nil {
+		fmt.Fprintf(out, "channels, per-task mode: %d with %d pending results\n", *r.channelsPerTask, r.channelsPerTaskPending)
+	}
+	for _, n := range r.notes {
+		fmt.Fprintln(out, "note:", n)
+	}
+	for _, fl := range r.failures {
+		fmt.Fprintln(out, "FAILED:", fl)
+	}
+}
+
+func deleteQueue(cfg *config, name string) {
+	conn, err := dial(cfg.url, cfg.prefix+" cleanup")
+	if err != nil {
+		return
+	}
+	defer conn.Close()
+	if ch, err := conn.Channel(); err == nil {
+		_, _ = ch.QueueDelete(name, false, false, false)
+	}
+}

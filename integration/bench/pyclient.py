@@ -1,0 +1,61 @@
+"""Celery's own Python client, measured by integration/bench.
+
+Usage: python3 pyclient.py BROKER_URL QUEUE N WINDOW SEQ
+
+Sends tasks.echo(i) with app.send_task(name, args, queue=QUEUE) and reads
+the results with .get() over rpc://, first N of them with at most WINDOW
+outstanding (a sliding window, oldest awaited first), then SEQ sequential
+round trips. Prints one JSON object: per_s, p50_ms, p99_ms, n, seq.
+"""
+
+import collections
+import json
+import sys
+import time
+
+from celery import Celery
+
+
+def main():
+    url, queue = sys.argv[1], sys.argv[2]
+    n, window, seq = int(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
+    app = Celery("stalkbench", broker=url, backend="rpc://")
+    app.conf.update(
+        task_serializer="json",
+        result_serializer="json",
+        accept_content=["json"],
+        broker_connection_retry_on_startup=False,
+    )
+
+    def send(i):
+        return app.send_task("tasks.echo", args=(i,), queue=queue)
+
+    def run_window(count):
+        out = collections.deque()
+        start = time.perf_counter()
+        for i in range(count):
+            if len(out) >= window:
+                out.popleft().get(timeout=60)
+            out.append(send(i))
+        while out:
+            out.popleft().get(timeout=60)
+        return count / (time.perf_counter() - start)
+
+    run_window(min(200, n))  # warm-up: connections, declarations
+    per_s = run_window(n)
+
+    lat = []
+    for i in range(seq):
+        t = time.perf_counter()
+        send(i).get(timeout=60)
+        lat.append(time.perf_counter() - t)
+    lat.sort()
+
+    def pct(p):
+        return lat[int(p * (len(lat) - 1) + 0.5)] * 1000 if lat else None
+
+    print(json.dumps({"per_s": per_s, "p50_ms": pct(0.50), "p99_ms": pct(0.99), "n": n, "seq": seq}))
+
+
+if __name__ == "__main__":
+    main()
