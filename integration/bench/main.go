@@ -454,6 +454,9 @@ func (r *report) print(out io.Writer, cfg *config) {
 	}
 }
 
+// deleteQueue deletes a task queue and the direct exchange of the same
+// name that stalk and Celery declare with it (deleting what does not exist
+// is not an error on RabbitMQ).
 func deleteQueue(cfg *config, name string) {
 	conn, err := dial(cfg.url, cfg.prefix+" cleanup")
 	if err != nil {
@@ -462,5 +465,6 @@ func deleteQueue(cfg *config, name string) {
 	defer conn.Close()
 	if ch, err := conn.Channel(); err == nil {
 		_, _ = ch.QueueDelete(name, false, false, false)
+		_ = ch.ExchangeDelete(name, false, false)
 	}
 }

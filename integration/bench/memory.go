@@ -101,6 +101,7 @@ func pendingChild(p childParams) (*pendingReport, error) {
 	defer func() {
 		c.Close()
 		deleteQueue(cfg, p.Queue)
+		deleteQueue(cfg, c.ReplyQueue(""))
 	}()
 	rep := &pendingReport{Pending: p.Pending, ChannelsSource: "rabbitmqctl"}
 	channels := func() int {

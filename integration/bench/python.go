@@ -56,8 +56,6 @@ func runPython(ctx context.Context, cfg *config, n int) (modeResult, error) {
 	var stderr bytes.Buffer
 	cmd.Stderr = &stderr
 	out, err := cmd.Output()
-	// Celery declared a direct exchange named after the queue; remove it.
-	defer deleteExchange(cfg, cfg.taskQueue)
 	if err != nil {
 		return modeResult{}, fmt.Errorf("pyclient: %w: %s", err, lastLines(stderr.String(), 5))
 	}
@@ -71,17 +69,6 @@ func runPython(ctx context.Context, cfg *config, n int) (modeResult, error) {
 		return modeResult{}, fmt.Errorf("pyclient output %q: %w", lines[len(lines)-1], err)
 	}
 	return modeResult{OK: true, PerS: r.PerS, P50: r.P50, P99: r.P99}, nil
-}
-
-func deleteExchange(cfg *config, name string) {
-	conn, err := dial(cfg.url, cfg.prefix+" cleanup")
-	if err != nil {
-		return
-	}
-	defer conn.Close()
-	if ch, err := conn.Channel(); err == nil {
-		_ = ch.ExchangeDelete(name, false, false)
-	}
 }
 
 // celeryURL turns amqp://h:p/ (the default vhost) into kombu's amqp://h:p//.

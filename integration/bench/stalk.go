@@ -86,6 +86,8 @@ func runStalk(ctx context.Context, cfg *config, mode string, n int) (modeResult,
 		c.Close()
 		if s.track {
 			deleteReplyQueues(cfg, c, s.ids)
+		} else {
+			deleteQueue(cfg, c.ReplyQueue(""))
 		}
 	}()
 	sub := *cfg
