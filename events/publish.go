@@ -1,0 +1,203 @@
+package events
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"os"
+	"runtime"
+	"sync"
+	"sync/atomic"
+	"time"
+	"weak"
+
+	amqp091 "github.com/rabbitmq/amqp091-go"
+)
+
+// clientClock is this process's Lamport clock for the events it publishes.
+var clientClock atomic.Int64
+
+// ClientHostname returns the hostname Celery clients put in the events
+// they send: "gen<pid>@<host>".
+func ClientHostname() string {
+	host, err := os.Hostname()
+	if err != nil || host == "" {
+		host = "localhost"
+	}
+	return fmt.Sprintf("gen%d@%s", os.Getpid(), host)
+}
+
+// LocalUTCOffset returns Python's time.timezone//3600 for the local zone:
+// the standard (non-DST) offset in whole hours *west* of UTC, floored, so
+// UTC+2 gives -2 and UTC+5:30 gives -6.
+func LocalUTCOffset() int { return utcOffset(time.Local, time.Now().Year()) }
+
+func utcOffset(loc *time.Location, year int) int {
+	_, jan := time.Date(year, time.January, 1, 0, 0, 0, 0, loc).Zone()
+	_, jul := time.Date(year, time.July, 1, 0, 0, 0, 0, loc).Zone()
+	east := min(jan, jul) // standard time is the smaller eastward offset
+	west := -east
+	q := west / 3600
+	if west%3600 != 0 && west < 0 {
+		q-- // floor division, as Python's //
+	}
+	return q
+}
+
+// NewTaskSent fills the fields of a task-sent event that the caller left
+// zero, as Celery's client does: Type "task-sent", Hostname
+// ClientHostname(), PID, UTCOffset, Clock (this process's Lamport clock,
+// incremented), Timestamp and Time (now), RootID (the task's own id),
+// Queue "celery" and RoutingKey (the queue). The caller sets UUID, Name,
+// Args and Kwargs (Python reprs, such as "(2, 3)" and "{}"), and where they
+// apply ParentID, Retries, ETA, Expires and Exchange ("" for the default
+// exchange).
+func NewTaskSent(ev TaskSent) TaskSent {
+	ev.Type = TypeTaskSent
+	if ev.Hostname == "" {
+		ev.Hostname = ClientHostname()
+	}
+	if ev.PID == 0 {
+		ev.PID = os.Getpid()
+	}
+	if ev.UTCOffset == 0 {
+		ev.UTCOffset = LocalUTCOffset()
+	}
+	if ev.Clock == 0 {
+		ev.Clock = clientClock.Add(1)
+	}
+	if ev.Timestamp == 0 {
+		if ev.Time.IsZero() {
+			ev.Time = time.Now()
+		}
+		ev.Timestamp = float64(ev.Time.UnixNano()) / 1e9
+	}
+	ev.Time = epochTime(ev.Timestamp)
+	if ev.RootID == "" {
+		ev.RootID = ev.UUID
+	}
+	if ev.Queue == "" {
+		ev.Queue = "celery"
+	}
+	if ev.RoutingKey == "" {
+		ev.RoutingKey = ev.Queue
+	}
+	if ev.Args == "" {
+		ev.Args = "()"
+	}
+	if ev.Kwargs == "" {
+		ev.Kwargs = "{}"
+	}
+	return ev
+}
+
+// wireTaskSent is task-sent in Celery's key order: hostname, utcoffset,
+// pid, clock, the event's fields, timestamp, type.
+type wireTaskSent struct {
+	Hostname   string  `json:"hostname"`
+	UTCOffset  int     `json:"utcoffset"`
+	PID        int     `json:"pid"`
+	Clock      int64   `json:"clock"`
+	UUID       string  `json:"uuid"`
+	RootID     string  `json:"root_id"`
+	ParentID   *string `json:"parent_id"`
+	Name       string  `json:"name"`
+	Args       string  `json:"args"`
+	Kwargs     string  `json:"kwargs"`
+	Retries    int     `json:"retries"`
+	ETA        *string `json:"eta"`
+	Expires    *string `json:"expires"`
+	Queue      string  `json:"queue"`
+	Exchange   string  `json:"exchange"`
+	RoutingKey string  `json:"routing_key"`
+	Timestamp  float64 `json:"timestamp"`
+	Type       string  `json:"type"`
+}
+
+func nullable(s string) *string {
+	if s == "" {
+		return nil
+	}
+	return &s
+}
+
+// MarshalJSON encodes the event as Celery's client publishes it, with
+// null for an empty ParentID, ETA or Expires.
+func (e *TaskSent) MarshalJSON() ([]byte, error) {
+	typ := e.Type
+	if typ == "" {
+		typ = TypeTaskSent
+	}
+	return json.Marshal(wireTaskSent{
+		Hostname: e.Hostname, UTCOffset: e.UTCOffset, PID: e.PID, Clock: e.Clock,
+		UUID: e.UUID, RootID: e.RootID, ParentID: nullable(e.ParentID), Name: e.Name,
+		Args: e.Args, Kwargs: e.Kwargs, Retries: e.Retries, ETA: nullable(e.ETA),
+		Expires: nullable(e.Expires), Queue: e.Queue, Exchange: e.Exchange,
+		RoutingKey: e.RoutingKey, Timestamp: e.Timestamp, Type: typ,
+	})
+}
+
+// TaskSentPublishing returns the AMQP message for ev (after NewTaskSent):
+// content type application/json, utf-8, delivery mode 1 (transient),
+// priority 0, headers {"hostname": ev.Hostname}. Publish it to Exchange
+// with routing key "task.sent".
+func TaskSentPublishing(ev TaskSent) (amqp091.Publishing, error) {
+	body, err := ev.MarshalJSON()
+	if err != nil {
+		return amqp091.Publishing{}, fmt.Errorf("events: encode task-sent: %w", err)
+	}
+	return amqp091.Publishing{
+		ContentType:     "application/json",
+		ContentEncoding: "utf-8",
+		DeliveryMode:    amqp091.Transient,
+		Priority:        0,
+		Headers:         amqp091.Table{"hostname": ev.Hostname},
+		Body:            body,
+	}, nil
+}
+
+// RoutingKeyTaskSent is the routing key of task-sent events.
+const RoutingKeyTaskSent = "task.sent"
+
+// declared remembers the channels on which celeryev has been declared, so
+// that PublishTaskSent declares it once per channel, as kombu's
+// maybe_declare does. Entries go away with their channels.
+var declared sync.Map // weak.Pointer[amqp091.Channel] → struct{}
+
+// PublishTaskSent completes ev with NewTaskSent and publishes it to the
+// celeryev exchange with routing key "task.sent", declaring the exchange
+// (topic, durable) the first time it is used on ch. Call it on your
+// publishing channel right after the task's publish, as Celery does when
+// task_send_sent_event is on.
+//
+// ch must not be used by another goroutine meanwhile. If ch is in confirm
+// mode, the event takes a delivery tag like any publish; PublishTaskSent
+// does not wait for its confirmation. ctx bounds the publish as amqp091's
+// PublishWithContext does: once the frames are being written, it does not
+// interrupt them.
+func PublishTaskSent(ctx context.Context, ch *amqp091.Channel, ev TaskSent) error {
+	if ch == nil {
+		return fmt.Errorf("events: PublishTaskSent: nil channel")
+	}
+	if ev.UUID == "" || ev.Name == "" {
+		return fmt.Errorf("events: PublishTaskSent: UUID and Name are required")
+	}
+	ev = NewTaskSent(ev)
+	msg, err := TaskSentPublishing(ev)
+	if err != nil {
+		return err
+	}
+	key := weak.Make(ch)
+	if _, ok := declared.Load(key); !ok {
+		if err := DeclareExchange(ch); err != nil {
+			return err
+		}
+		if _, loaded := declared.LoadOrStore(key, struct{}{}); !loaded {
+			runtime.AddCleanup(ch, func(k weak.Pointer[amqp091.Channel]) { declared.Delete(k) }, key)
+		}
+	}
+	if err := ch.PublishWithContext(ctx, Exchange, RoutingKeyTaskSent, false, false, msg); err != nil {
+		return fmt.Errorf("events: publish task-sent for %s: %w", ev.UUID, err)
+	}
+	return nil
+}
