@@ -418,7 +418,7 @@ func (r *AsyncResult) wait(ctx context.Context, opts []GetOption) (*Meta, getCon
 				return m, cfg, err
 			}
 			if errors.Is(ctx.Err(), context.DeadlineExceeded) {
-				return nil, cfg, &timeoutError{id: r.id, cause: ctx.Err()}
+				return nil, cfg, &timeoutError{id: r.id, cause: ctx.Err(), lost: e.Disrupted()}
 			}
 			return nil, cfg, fmt.Errorf("stalk: waiting for task %s: %w", r.id, ctx.Err())
 		}

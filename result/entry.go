@@ -57,6 +57,25 @@ type Entry struct {
 	dateDone time.Time
 	info     SendInfo
 	hasInfo  bool
+	// disrupted is set when the connection was lost while the task was
+	// pending, so a transient result may have been lost.
+	disrupted bool
+}
+
+// MarkDisrupted records that the connection carrying this task's results
+// was lost while it was pending. A Get that then times out says the result
+// may have been lost (errors.Is(err, ErrResultLost)).
+func (e *Entry) MarkDisrupted() {
+	e.mu.Lock()
+	e.disrupted = true
+	e.mu.Unlock()
+}
+
+// Disrupted reports whether MarkDisrupted was called.
+func (e *Entry) Disrupted() bool {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return e.disrupted
 }
 
 // NewEntry returns an Entry for id in the PENDING state.
@@ -218,9 +237,12 @@ func (e *Entry) Subscribe() *Subscription {
 		e.subs = make(map[*Subscription]struct{})
 	}
 	e.subs[s] = struct{}{}
+	s.mu.Lock()
 	s.queue = append(s.queue, e.history...)
+	n := len(s.queue)
+	s.mu.Unlock()
 	e.mu.Unlock()
-	if len(s.queue) > 0 {
+	if n > 0 {
 		s.signal <- struct{}{}
 	}
 	return s

@@ -106,15 +106,20 @@ func (e *TaskError) Is(target error) bool {
 // also the context error that caused it.
 type timeoutError struct {
 	id    string
-	cause error // context.DeadlineExceeded, or nil for an option timeout
+	cause error // context.DeadlineExceeded
+	lost  bool  // the connection was lost while waiting
 }
 
 func (e *timeoutError) Error() string {
-	return fmt.Sprintf("stalk: timed out waiting for the result of task %s", e.id)
+	s := fmt.Sprintf("stalk: timed out waiting for the result of task %s", e.id)
+	if e.lost {
+		s += " (the broker connection was lost while waiting: a transient result may have been lost; persistent results survive)"
+	}
+	return s
 }
 
 func (e *timeoutError) Is(target error) bool {
-	return target == ErrTimeout || target == context.DeadlineExceeded
+	return target == ErrTimeout || target == context.DeadlineExceeded || (e.lost && target == ErrResultLost)
 }
 
 func (e *timeoutError) Unwrap() error { return e.cause }

@@ -69,8 +69,10 @@ const (
 const lockPath = "/tmp/stalk-broker.lock"
 
 // Main runs m after checking the broker and taking the broker lock in the
-// given mode. Call it from TestMain: os.Exit(harness.Main(m, harness.Shared)).
-func Main(m *testing.M, mode int) int {
+// given mode, and after running setup (start workers there, once per test
+// binary). Call it from TestMain: os.Exit(harness.Main(m, harness.Shared)).
+// A setup error fails the run.
+func Main(m *testing.M, mode int, setup ...func() error) int {
 	if err := Reachable(5 * time.Second); err != nil {
 		if os.Getenv("STALK_REQUIRE_BROKER") == "1" {
 			fmt.Fprintf(os.Stderr, "FAIL: RabbitMQ at %s is not reachable and STALK_REQUIRE_BROKER=1: %v\n", redact(BrokerURL()), err)
@@ -99,6 +101,13 @@ func Main(m *testing.M, mode int) int {
 		return 1
 	}
 	defer syscall.Flock(int(f.Fd()), syscall.LOCK_UN)
+	for _, fn := range setup {
+		if err := fn(); err != nil {
+			fmt.Fprintf(os.Stderr, "FAIL: test setup: %v\n", err)
+			stopAll()
+			return 1
+		}
+	}
 	code := m.Run()
 	stopAll()
 	return code

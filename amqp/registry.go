@@ -1,0 +1,184 @@
+package amqp
+
+import (
+	"container/list"
+	"sync"
+	"time"
+
+	"github.com/stalk-dev/stalk/result"
+)
+
+// registry maps task ids to their entries. Pending holds the entries
+// somebody asked for that have not settled; they are never evicted. cache
+// holds settled entries and entries for ids nobody has asked for yet
+// (orphans), bounded by a size and a TTL.
+type registry struct {
+	mu      sync.Mutex
+	pending map[string]*result.Entry
+	cache   *lru
+}
+
+func newRegistry(size int, ttl time.Duration) *registry {
+	return &registry{pending: make(map[string]*result.Entry), cache: newLRU(size, ttl)}
+}
+
+// attach returns the entry for id and whether it must be followed (it is
+// newly pending).
+func (r *registry) attach(id string) (e *result.Entry, follow bool) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if e := r.pending[id]; e != nil {
+		return e, false
+	}
+	if e := r.cache.get(id); e != nil {
+		if e.State().Ready() {
+			return e, false
+		}
+		r.cache.remove(id)
+		r.pending[id] = e
+		return e, true
+	}
+	e = result.NewEntry(id)
+	r.pending[id] = e
+	return e, true
+}
+
+// register adds a fresh entry for a task about to be sent.
+func (r *registry) register(e *result.Entry) {
+	r.mu.Lock()
+	r.pending[e.ID()] = e
+	r.mu.Unlock()
+}
+
+// route returns the entry a message for id goes to. known is false when
+// nobody has asked for id: the entry is then a new orphan in the cache.
+func (r *registry) route(id string) (e *result.Entry, known bool, evicted int) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if e := r.pending[id]; e != nil {
+		return e, true, 0
+	}
+	if e := r.cache.get(id); e != nil {
+		return e, true, 0
+	}
+	e = result.NewEntry(id)
+	evicted = r.cache.put(id, e)
+	return e, false, evicted
+}
+
+// settled moves a settled pending entry into the cache.
+func (r *registry) settled(id string) (evicted int) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	e := r.pending[id]
+	if e == nil {
+		return 0
+	}
+	delete(r.pending, id)
+	return r.cache.put(id, e)
+}
+
+// drop forgets id entirely.
+func (r *registry) drop(id string) *result.Entry {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	e := r.pending[id]
+	delete(r.pending, id)
+	if c := r.cache.get(id); c != nil {
+		e = c
+		r.cache.remove(id)
+	}
+	return e
+}
+
+// lookup returns the entry for id without creating one.
+func (r *registry) lookup(id string) *result.Entry {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if e := r.pending[id]; e != nil {
+		return e
+	}
+	return r.cache.get(id)
+}
+
+func (r *registry) pendingEntries() []*result.Entry {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	out := make([]*result.Entry, 0, len(r.pending))
+	for _, e := range r.pending {
+		out = append(out, e)
+	}
+	return out
+}
+
+func (r *registry) counts() (pending, cached int) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return len(r.pending), r.cache.len()
+}
+
+// lru is a size- and age-bounded cache of entries, oldest at the back.
+type lru struct {
+	size  int
+	ttl   time.Duration
+	ll    *list.List
+	items map[string]*list.Element
+	now   func() time.Time
+}
+
+type lruItem struct {
+	id    string
+	e     *result.Entry
+	added time.Time
+}
+
+func newLRU(size int, ttl time.Duration) *lru {
+	return &lru{size: size, ttl: ttl, ll: list.New(), items: make(map[string]*list.Element), now: time.Now}
+}
+
+func (c *lru) len() int { return c.ll.Len() }
+
+func (c *lru) get(id string) *result.Entry {
+	el := c.items[id]
+	if el == nil {
+		return nil
+	}
+	it := el.Value.(*lruItem)
+	if c.now().Sub(it.added) > c.ttl {
+		c.ll.Remove(el)
+		delete(c.items, id)
+		return nil
+	}
+	return it.e
+}
+
+// put inserts id and returns how many entries it evicted.
+func (c *lru) put(id string, e *result.Entry) (evicted int) {
+	now := c.now()
+	if el := c.items[id]; el != nil {
+		el.Value.(*lruItem).e = e
+		c.ll.MoveToFront(el)
+		return 0
+	}
+	c.items[id] = c.ll.PushFront(&lruItem{id: id, e: e, added: now})
+	for c.ll.Len() > c.size {
+		c.removeElement(c.ll.Back())
+		evicted++
+	}
+	for el := c.ll.Back(); el != nil && now.Sub(el.Value.(*lruItem).added) > c.ttl; el = c.ll.Back() {
+		c.removeElement(el)
+		evicted++
+	}
+	return evicted
+}
+
+func (c *lru) remove(id string) {
+	if el := c.items[id]; el != nil {
+		c.removeElement(el)
+	}
+}
+
+func (c *lru) removeElement(el *list.Element) {
+	c.ll.Remove(el)
+	delete(c.items, el.Value.(*lruItem).id)
+}
