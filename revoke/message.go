@@ -168,7 +168,7 @@ func decodeReply(body []byte) ([]Reply, error) {
 			if err := json.Unmarshal(raw, &fields); err == nil {
 				r.OK = text(fields["ok"])
 				r.Error = text(fields["error"])
-				if _, has := fields["error"]; has && r.Error == "" {
+				if e, has := fields["error"]; has && r.Error == "" && string(e) != "null" {
 					r.Error = "error reply without a message"
 				}
 			}
