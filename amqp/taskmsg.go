@@ -99,4 +99,3 @@ func DecodeTask(headers amqp091.Table, contentType, contentEncoding string, body
 	tm.GroupID, _ = headers["group"].(string)
 	return tm, nil
 }
-
