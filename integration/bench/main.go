@@ -48,6 +48,7 @@ import (
 	"math"
 	"os"
 	"os/signal"
+	"runtime/pprof"
 	"sort"
 	"strings"
 	"syscall"
@@ -128,6 +129,7 @@ func run() int {
 	flag.IntVar(&cfg.workerPrefetch, "worker-prefetch", 256, "echo worker prefetch per channel")
 	flag.BoolVar(&cfg.jsonOut, "json", false, "print one JSON object on the last line")
 	flag.BoolVar(&cfg.smoke, "smoke", false, "tiny N of every mode; exit non-zero if any part fails")
+	cpuprofile := flag.String("cpuprofile", "", "write a CPU profile of the whole run (client, floor and echo worker) to this file")
 	flag.Parse()
 	cfg.ceilingExpires = 30 * time.Second
 
@@ -161,6 +163,19 @@ func run() int {
 	cfg.prefix = "stalk-bench-" + hex.EncodeToString(b)
 	cfg.taskQueue = cfg.prefix + "-tasks"
 
+	if *cpuprofile != "" {
+		f, err := os.Create(*cpuprofile)
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "bench:", err)
+			return 2
+		}
+		defer f.Close()
+		if err := pprof.StartCPUProfile(f); err != nil {
+			fmt.Fprintln(os.Stderr, "bench:", err)
+			return 2
+		}
+		defer pprof.StopCPUProfile()
+	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	rep, err := bench(ctx, cfg)
@@ -187,7 +202,7 @@ type report struct {
 	pythonMissing                                  string
 	pending                                        *pendingReport
 	channelsShared, channelsPerTask                *int
-	channelsPerTaskPending                         int
+	channelsPerTaskIdle, channelsPerTaskPending    int
 	failures                                       []string
 	notes                                          []string
 }
@@ -286,17 +301,23 @@ func bench(ctx context.Context, cfg *config) (*report, error) {
 	if cfg.modes["memory"] && ctx.Err() == nil {
 		progress("memory: %d pending results in a child process", cfg.pending)
 		p, err := runPendingChild(ctx, cfg)
-		if err != nil {
+		switch {
+		case err != nil:
 			rep.fail("memory", err)
-		} else {
+		case p.ChannelsPending > p.ChannelsIdle:
+			rep.fail("memory", fmt.Errorf("channels grew from %d to %d with %d pending results", p.ChannelsIdle, p.ChannelsPending, p.Pending))
+		default:
 			rep.pending = p
 		}
 		progress("channels in per-task mode with pending results")
-		ch, n, err := pertaskChannels(ctx, cfg)
-		if err != nil {
+		idle, ch, n, err := pertaskChannels(ctx, cfg)
+		switch {
+		case err != nil:
 			rep.fail("channels-pertask", err)
-		} else {
-			rep.channelsPerTask, rep.channelsPerTaskPending = ch, n
+		case ch > idle:
+			rep.fail("channels-pertask", fmt.Errorf("channels grew from %d to %d with %d pending results", idle, ch, n))
+		default:
+			rep.channelsPerTask, rep.channelsPerTaskIdle, rep.channelsPerTaskPending = &ch, idle, n
 		}
 	}
 	if err := ctx.Err(); err != nil {
@@ -362,6 +383,7 @@ func (r *report) jsonObject() map[string]any {
 		"pertask_vs_ceiling":       ratio(r.pertask.PerS, r.ceiling, r.pertask.OK && r.ceilingOK),
 		"shared_p50_vs_floor_p50":  ratio(r.shared.P50, r.floor.P50, r.shared.OK && r.floor.OK),
 		"shared_vs_python":         ratio(r.shared.PerS, r.python.PerS, r.shared.OK && r.python.OK),
+		"floor_vs_python":          ratio(r.floor.PerS, r.python.PerS, r.floor.OK && r.python.OK),
 		"pending100k_rss_mb":       nil,
 		"pending_count":            nil,
 		"channels_shared":          nil,
@@ -384,7 +406,10 @@ func (r *report) jsonObject() map[string]any {
 	}
 	if r.channelsPerTask != nil {
 		o["channels_pertask"] = *r.channelsPerTask
-		o["channels_pertask_pending"] = r.channelsPerTaskPending
+		if r.channelsPerTaskPending > 0 {
+			o["channels_pertask_idle"] = r.channelsPerTaskIdle
+			o["channels_pertask_pending"] = r.channelsPerTaskPending
+		}
 	}
 	if r.pythonMissing != "" {
 		o["python_missing"] = r.pythonMissing
@@ -434,6 +459,9 @@ func (r *report) print(out io.Writer, cfg *config) {
 	if r.shared.OK && r.python.OK {
 		fmt.Fprintf(tw, "stalk shared vs python\t\t\t\t%s\t\n", f("shared_vs_python", "python"))
 	}
+	if r.floor.OK && r.python.OK {
+		fmt.Fprintf(tw, "floor vs python (bound)\t\t\t\t%s\t\n", f("floor_vs_python", "python"))
+	}
 	tw.Flush()
 	if r.pythonMissing != "" {
 		fmt.Fprintf(out, "python: not measured: %s\n", r.pythonMissing)
@@ -443,8 +471,10 @@ func (r *report) print(out io.Writer, cfg *config) {
 			p.Pending, p.RSSMB, p.BaselineRSSMB, p.HeapMB)
 		fmt.Fprintf(out, "channels, shared mode: %d with 1 pending result, %d with %d pending\n", p.ChannelsIdle, p.ChannelsPending, p.Pending)
 	}
-	if r.channelsPerTask != nil {
-		fmt.Fprintf(out, "channels, per-task mode: %d with %d pending results\n", *r.channelsPerTask, r.channelsPerTaskPending)
+	if r.channelsPerTask != nil && r.channelsPerTaskPending > 0 {
+		fmt.Fprintf(out, "channels, per-task mode: %d with 1 pending result, %d with %d pending\n", r.channelsPerTaskIdle, *r.channelsPerTask, r.channelsPerTaskPending)
+	} else if r.channelsPerTask != nil {
+		fmt.Fprintf(out, "channels, per-task mode: %d after the throughput run\n", *r.channelsPerTask)
 	}
 	for _, n := range r.notes {
 		fmt.Fprintln(out, "note:", n)

@@ -131,14 +131,13 @@ func deleteReplyQueues(cfg *config, c *amqp.Client, ids []string) {
 	}
 }
 
-// pertaskChannels opens a per-task client, leaves cfg.window results
-// pending on a queue nobody consumes, and counts the client's channels
-// with rabbitmqctl before and with them pending. It returns the count with
-// results pending and how many were pending.
-func pertaskChannels(ctx context.Context, cfg *config) (*int, int, error) {
+// pertaskChannels opens a per-task client and counts its channels with
+// rabbitmqctl (or its own counter) with one result pending and with up to
+// 1,000 pending on a queue nobody consumes.
+func pertaskChannels(ctx context.Context, cfg *config) (idle, pending, n int, err error) {
 	c, err := stalkClient(ctx, cfg, "pertask", "pertask-pending")
 	if err != nil {
-		return nil, 0, err
+		return 0, 0, 0, err
 	}
 	q := cfg.prefix + "-pertask-pending"
 	var ids []string
@@ -147,23 +146,29 @@ func pertaskChannels(ctx context.Context, cfg *config) (*int, int, error) {
 		deleteReplyQueues(cfg, c, ids)
 		deleteQueue(cfg, q)
 	}()
-	n := cfg.window * 8
+	count := func() int {
+		if ch, conns, err := brokerChannels(ctx, cfg.prefix+" pertask-pending"); err == nil && conns > 0 {
+			return ch
+		}
+		return c.Stats().Channels
+	}
+	n = cfg.window * 8
 	if n > 1000 {
 		n = 1000
 	}
 	for i := 0; i < n; i++ {
 		r, err := c.Send(ctx, "tasks.echo", amqp.Args(i), amqp.Queue(q))
 		if err != nil {
-			return nil, 0, err
+			return 0, 0, 0, err
 		}
 		ids = append(ids, r.ID())
+		if i == 0 {
+			idle = count()
+		}
 	}
-	ch, conns, err := brokerChannels(ctx, cfg.prefix+" pertask-pending")
-	if err != nil || conns == 0 {
-		ch = c.Stats().Channels
-	}
+	pending = count()
 	if p := c.Stats().Pending; p != n {
-		return nil, 0, fmt.Errorf("per-task client reports %d pending results, want %d", p, n)
+		return 0, 0, 0, fmt.Errorf("per-task client reports %d pending results, want %d", p, n)
 	}
-	return &ch, n, nil
+	return idle, pending, n, nil
 }
