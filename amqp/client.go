@@ -44,7 +44,8 @@ type Client struct {
 	resConn *broker.Conn
 
 	closeOnce sync.Once
-	ext       extensions
+	control   controlExt
+	evx       eventsExt
 }
 
 // Dial connects to the broker at url (amqp:// or amqps://) and returns a
@@ -101,6 +102,10 @@ func Dial(ctx context.Context, url string, opts ...Option) (*Client, error) {
 			return nil, fmt.Errorf("stalk: connect to %s: %w", broker.Redact(url), err)
 		}
 	}
+	if err := c.startEvents(ctx); err != nil {
+		c.Close()
+		return nil, err
+	}
 	c.log.Info().Str("broker", broker.Redact(url)).Str("reply_mode", cfg.mode.String()).Msg("connected")
 	return c, nil
 }
@@ -150,9 +155,7 @@ func (c *Client) Send(ctx context.Context, task string, opts ...SendOption) (*re
 		}
 		return nil, fmt.Errorf("stalk: send %s: %w", task, err)
 	}
-	if c.ext.afterSend != nil {
-		c.ext.afterSend(ctx, msg)
-	}
+	c.publishSentEvent(ctx, msg)
 	ropts := []result.Option{result.WithApp(c), result.WithTaskName(task), result.WithIgnored(cfg.ignore)}
 	if entry != nil {
 		ropts = append(ropts, result.WithEntry(entry))
@@ -172,6 +175,9 @@ func (c *Client) AsyncResult(id string, opts ...result.Option) *result.AsyncResu
 // Attach implements result.Backend.
 func (c *Client) Attach(id string) *result.Entry {
 	e, follow := c.cons.reg.attach(id)
+	if follow {
+		c.seedFromEvents(e)
+	}
 	if follow && c.cfg.mode == PerTask {
 		ctx := c.resConn.Life()
 		c.cons.wg.Add(1)
@@ -248,9 +254,8 @@ func (c *Client) Stats() Stats {
 // idempotent.
 func (c *Client) Close() error {
 	c.closeOnce.Do(func() {
-		if c.ext.close != nil {
-			c.ext.close()
-		}
+		c.closeControl()
+		c.closeEvents()
 		if c.pubConn != nil {
 			c.pubConn.Close()
 		}

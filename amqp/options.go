@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/rs/zerolog"
+	"github.com/stalk-dev/stalk/events"
 	"github.com/stalk-dev/stalk/internal/broker"
 )
 
@@ -62,6 +63,8 @@ type config struct {
 	sentEvents     bool
 	heartbeat      time.Duration
 	declareDefault bool
+	events         bool
+	eventStateOpts []events.StateOption
 }
 
 func defaultConfig() config {
