@@ -406,4 +406,3 @@ func TestEventsSurvivesReconnect(t *testing.T) {
 	require.NoError(t, r.Close())
 	require.Equal(t, broker.Ready, conn.State())
 }
-

@@ -3,9 +3,7 @@
 package eventstest
 
 import (
-	"context"
 	"encoding/json"
-	"fmt"
 	"os"
 	"strings"
 	"sync"
@@ -212,4 +210,3 @@ func tail(s string, n int) string {
 	}
 	return s[len(s)-n:]
 }
-
