@@ -202,6 +202,9 @@ func (c *Controller) RevokedIDs(ctx context.Context, opts ...Option) (map[string
 
 // call publishes one command and, when o.Reply, collects its replies.
 func (c *Controller) call(ctx context.Context, method string, args any, o Options) ([]Reply, error) {
+	if c == nil {
+		return nil, fmt.Errorf("stalk: %s: nil *revoke.Controller", method)
+	}
 	if c.life.Err() != nil {
 		return nil, ErrClosed
 	}
