@@ -153,7 +153,7 @@ func (r *AsyncResult) Throw(err error) {
 // Name returns the task name, when the sender or an event recorded it.
 func (r *AsyncResult) Name() string {
 	if e := r.Entry(); e != nil {
-		if info, ok := e.SendInfo(); ok && info.Name != "" {
+		if info, _ := e.SendInfo(); info.Name != "" {
 			return info.Name
 		}
 		if m := e.Latest(); m != nil && m.Name != "" {
