@@ -298,10 +298,10 @@ func outcome(method string, replies []Reply, o Options, err error) error {
 			}
 			sort.Strings(missing)
 			if len(missing) > 0 {
-				errs = append(errs, fmt.Errorf("stalk: %s: %w within %s: %s", method, ErrNoReply, o.Timeout, strings.Join(missing, ", ")))
+				errs = append(errs, fmt.Errorf("%w to %s within %s: %s", ErrNoReply, method, o.Timeout, strings.Join(missing, ", ")))
 			}
 		} else if len(replies) == 0 {
-			errs = append(errs, fmt.Errorf("stalk: %s: %w: no worker answered within %s", method, ErrNoReply, o.Timeout))
+			errs = append(errs, fmt.Errorf("%w to %s: none answered within %s", ErrNoReply, method, o.Timeout))
 		}
 	}
 	return errors.Join(errs...)

@@ -9,12 +9,14 @@ import (
 	"testing"
 	"time"
 
-	"github.com/google/uuid"
 	amqp091 "github.com/rabbitmq/amqp091-go"
 	"github.com/rs/zerolog"
+	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/stalk-dev/stalk/amqp"
 	"github.com/stalk-dev/stalk/integration/harness"
+	"github.com/stalk-dev/stalk/result"
 	"github.com/stalk-dev/stalk/revoke"
 )
 
@@ -80,120 +82,56 @@ func testLogger(t *testing.T) zerolog.Logger {
 	return zerolog.New(zerolog.NewTestWriter(t)).Level(zerolog.DebugLevel)
 }
 
-// ---- a minimal Celery protocol v2 sender, for the tests only ---------------
+// ---- tasks, sent with the amqp client ------------------------------------------
 
-// taskResult is one message from a task's reply queue.
-type taskResult struct {
-	Status string          `json:"status"`
-	Result json.RawMessage `json:"result"`
-	TaskID string          `json:"task_id"`
-}
-
-// sentTask is a task published by send, with the states the worker
-// reported for it.
-type sentTask struct {
-	ID     string
-	states chan taskResult
-}
-
-// send publishes a Celery protocol v2 task to the suite's queue, after
-// declaring and consuming a reply queue of its own (durable, x-expires)
-// so that no state is lost. The connection closes at the end of the test.
-func send(t *testing.T, task string, args []any, countdown time.Duration) *sentTask {
+// client dials an amqp.Client for one test and closes it at the end. Its
+// AsyncResult.Revoke goes through the Controller on the client's
+// publishing connection.
+func client(t *testing.T) *amqp.Client {
 	t.Helper()
-	conn, err := amqp091.DialConfig(harness.BrokerURL(), amqp091.Config{
-		Properties: amqp091.Table{"connection_name": harness.Name("revoke-sender", t.Name())},
-	})
+	ctx := harness.Ctx(t, 20*time.Second)
+	cl, err := amqp.Dial(ctx, harness.BrokerURL(),
+		amqp.WithLogger(testLogger(t)),
+		amqp.WithConnectionName(harness.Name("revoke-client", t.Name())))
 	require.NoError(t, err)
-	t.Cleanup(func() { _ = conn.Close() })
+	t.Cleanup(func() { _ = cl.Close() })
+	return cl
+}
 
-	id := uuid.NewString()
-	reply := harness.Name("revoke-reply", id)
-	cch, err := conn.Channel()
-	require.NoError(t, err)
-	_, err = cch.QueueDeclare(reply, true, false, false, false, amqp091.Table{"x-expires": int32(60000)})
-	require.NoError(t, err)
-	deliveries, err := cch.Consume(reply, "", true, false, false, false, nil)
-	require.NoError(t, err)
-	st := &sentTask{ID: id, states: make(chan taskResult, 16)}
-	go func() {
-		for d := range deliveries {
-			var r taskResult
-			if json.Unmarshal(d.Body, &r) == nil {
-				select {
-				case st.states <- r:
-				default:
-				}
-			}
-		}
-	}()
-
-	pch, err := conn.Channel()
-	require.NoError(t, err)
-	require.NoError(t, pch.Confirm(false))
-	var eta any
+// send sends a task to the suite's queue.
+func send(t *testing.T, cl *amqp.Client, task string, args []any, countdown time.Duration) *result.AsyncResult {
+	t.Helper()
+	ctx := harness.Ctx(t, 20*time.Second)
+	opts := []amqp.SendOption{amqp.Args(args...), amqp.Queue(taskQueue)}
 	if countdown > 0 {
-		eta = time.Now().UTC().Add(countdown).Format("2006-01-02T15:04:05.000000+00:00")
+		opts = append(opts, amqp.Countdown(countdown))
 	}
-	if args == nil {
-		args = []any{}
-	}
-	body, err := json.Marshal([]any{args, map[string]any{},
-		map[string]any{"callbacks": nil, "errbacks": nil, "chain": nil, "chord": nil}})
+	r, err := cl.Send(ctx, task, opts...)
 	require.NoError(t, err)
-	argsrepr, _ := json.Marshal(args)
-	headers := amqp091.Table{
-		"lang": "py", "task": task, "id": id, "shadow": nil, "eta": eta, "expires": nil,
-		"group": nil, "group_index": nil, "retries": int32(0), "timelimit": []any{nil, nil},
-		"root_id": id, "parent_id": nil, "argsrepr": string(argsrepr), "kwargsrepr": "{}",
-		"origin": "gen0@stalk-revoketest", "ignore_result": false,
-	}
-	ctx := harness.Ctx(t, 10*time.Second)
-	dc, err := pch.PublishWithDeferredConfirmWithContext(ctx, "", taskQueue, false, false, amqp091.Publishing{
-		ContentType: "application/json", ContentEncoding: "utf-8", DeliveryMode: amqp091.Persistent,
-		CorrelationId: id, ReplyTo: reply, Headers: headers, Body: body,
-	})
-	require.NoError(t, err)
-	ok, err := dc.WaitContext(ctx)
-	require.NoError(t, err)
-	require.True(t, ok, "broker nacked the task")
-	return st
+	return r
 }
 
-// waitState waits for the task to report state, skipping the states
-// before it, and fails the test if another ready state comes first.
-func (s *sentTask) waitState(t *testing.T, state string, within time.Duration) taskResult {
+// waitStarted waits until a worker reports the task STARTED.
+func waitStarted(t *testing.T, r *result.AsyncResult) {
 	t.Helper()
-	timer := time.NewTimer(within)
-	defer timer.Stop()
-	for {
-		select {
-		case r := <-s.states:
-			if r.Status == state {
-				return r
-			}
-			switch r.Status {
-			case "SUCCESS", "FAILURE", "REVOKED":
-				t.Fatalf("task %s: got %s (%s), want %s", s.ID, r.Status, r.Result, state)
-			}
-		case <-timer.C:
-			t.Fatalf("task %s: no %s within %s", s.ID, state, within)
-		}
-	}
+	require.Eventually(t, func() bool { return r.State() == result.Started }, 20*time.Second, 10*time.Millisecond,
+		"task %s not started (state %s)", r.ID(), r.State())
 }
 
-// revokedReason returns the TaskRevokedError message of a REVOKED result:
-// "revoked", "terminated" or "expired".
-func revokedReason(t *testing.T, r taskResult) string {
+// getRevoked waits for the task's result, which must be REVOKED, and
+// returns the TaskRevokedError's message: "revoked", "terminated" or
+// "expired".
+func getRevoked(t *testing.T, r *result.AsyncResult) string {
 	t.Helper()
-	var e struct {
-		Type    string `json:"exc_type"`
-		Message []any  `json:"exc_message"`
-	}
-	require.NoError(t, json.Unmarshal(r.Result, &e), "REVOKED result %s", r.Result)
-	require.Equal(t, "TaskRevokedError", e.Type)
-	require.NotEmpty(t, e.Message)
-	return fmt.Sprint(e.Message[0])
+	ctx := harness.Ctx(t, 20*time.Second)
+	v, err := r.Get(ctx)
+	require.Error(t, err, "task %s returned %v", r.ID(), v)
+	require.ErrorIs(t, err, result.ErrRevoked)
+	var te *result.TaskError
+	require.ErrorAs(t, err, &te)
+	assert.Equal(t, "TaskRevokedError", te.Type)
+	assert.Equal(t, result.Revoked, r.State())
+	return te.Message()
 }
 
 // replyFrom returns the reply of the named worker, failing if absent.

@@ -19,28 +19,39 @@ import (
 // meanwhile, it is skipped when its eta comes and reported REVOKED.
 func TestRevokeQueuedTask(t *testing.T) {
 	workers(t)
-	c := controller(t)
-	task := send(t, "tasks.slow", []any{30}, 3*time.Second)
+	cl := client(t)
+	r := send(t, cl, "tasks.slow", []any{30}, 3*time.Second)
 
 	ctx := harness.Ctx(t, 30*time.Second)
-	replies, err := c.Revoke(ctx, []string{task.ID})
+	replies, err := r.Revoke(ctx)
 	require.NoError(t, err)
 	require.Nil(t, replies, "without Wait a revoke is publish-and-confirm only")
 
-	r := task.waitState(t, "REVOKED", 20*time.Second)
-	assert.Equal(t, "revoked", revokedReason(t, r))
+	assert.Equal(t, "revoked", getRevoked(t, r))
+}
+
+// The same through a standalone Controller, for a task id only.
+func TestRevokeQueuedTaskByID(t *testing.T) {
+	workers(t)
+	c := controller(t)
+	r := send(t, client(t), "tasks.add", []any{1, 2}, 3*time.Second)
+
+	ctx := harness.Ctx(t, 30*time.Second)
+	_, err := c.Revoke(ctx, []string{r.ID()})
+	require.NoError(t, err)
+	assert.Equal(t, "revoked", getRevoked(t, r))
 }
 
 // A running task is killed with SIGTERM, then another with SIGKILL; both
 // workers answer, and their replies are typed.
 func TestRevokeRunningTaskTerminate(t *testing.T) {
 	a, b := workers(t)
-	c := controller(t)
+	cl := client(t)
 
 	for _, sig := range []string{"SIGTERM", "SIGKILL"} {
 		t.Run(sig, func(t *testing.T) {
-			task := send(t, "tasks.slow", []any{30}, 0)
-			task.waitState(t, "STARTED", 20*time.Second)
+			r := send(t, cl, "tasks.slow", []any{30}, 0)
+			waitStarted(t, r)
 
 			ctx := harness.Ctx(t, 30*time.Second)
 			opts := []revoke.Option{revoke.Terminate(), revoke.Signal(sig), revoke.Wait(2 * time.Second)}
@@ -48,22 +59,22 @@ func TestRevokeRunningTaskTerminate(t *testing.T) {
 				// Named destinations end the collection as soon as both answered.
 				opts = append(opts, revoke.Destination(a.Hostname, b.Hostname))
 			}
-			replies, err := c.Revoke(ctx, []string{task.ID}, opts...)
+			replies, err := r.Revoke(ctx, opts...)
 			require.NoError(t, err)
 			ra, rb := replyFrom(t, replies, a.Hostname), replyFrom(t, replies, b.Hostname)
 			t.Logf("revoke terminate %s replies: %s=%s %s=%s", sig, ra.Worker, ra.Value, rb.Worker, rb.Value)
-			for _, r := range []revoke.Reply{ra, rb} {
-				assert.Empty(t, r.Error)
-				assert.NoError(t, r.Err())
-				assert.True(t, strings.HasPrefix(r.OK, "terminate: "), "ok = %q", r.OK)
-				assert.True(t, json.Valid(r.Value))
+			for _, rp := range []revoke.Reply{ra, rb} {
+				assert.Empty(t, rp.Error)
+				assert.NoError(t, rp.Err())
+				assert.True(t, strings.HasPrefix(rp.OK, "terminate: "), "ok = %q", rp.OK)
+				assert.True(t, json.Valid(rp.Value))
 			}
-			// Exactly one of the two ran the task and names it.
-			named := strings.Contains(ra.OK, task.ID) != strings.Contains(rb.OK, task.ID)
-			assert.True(t, named, "one worker should report terminating %s: %q, %q", task.ID, ra.OK, rb.OK)
+			// Exactly one of the two ran the task and names it; the other
+			// says "terminate: tasks unknown".
+			named := strings.Contains(ra.OK, r.ID()) != strings.Contains(rb.OK, r.ID())
+			assert.True(t, named, "one worker should report terminating %s: %q, %q", r.ID(), ra.OK, rb.OK)
 
-			r := task.waitState(t, "REVOKED", 20*time.Second)
-			assert.Equal(t, "terminated", revokedReason(t, r))
+			assert.Equal(t, "terminated", getRevoked(t, r))
 		})
 	}
 }
@@ -179,11 +190,11 @@ func TestRevokeInspectRevoked(t *testing.T) {
 func TestRevokeInspectActive(t *testing.T) {
 	a, b := workers(t)
 	c := controller(t)
-	task := send(t, "tasks.slow", []any{30}, 0)
-	task.waitState(t, "STARTED", 20*time.Second)
+	task := send(t, client(t), "tasks.slow", []any{30}, 0)
+	waitStarted(t, task)
 	t.Cleanup(func() {
 		ctx := harness.Ctx(t, 10*time.Second)
-		_, _ = c.Revoke(ctx, []string{task.ID}, revoke.Terminate(), revoke.Signal("KILL"))
+		_, _ = task.Revoke(ctx, revoke.Terminate(), revoke.Signal("KILL"))
 	})
 
 	ctx := harness.Ctx(t, 20*time.Second)
@@ -195,12 +206,12 @@ func TestRevokeInspectActive(t *testing.T) {
 	var on string
 	for w, ts := range active {
 		for i := range ts {
-			if ts[i].ID == task.ID {
+			if ts[i].ID == task.ID() {
 				found, on = &ts[i], w
 			}
 		}
 	}
-	require.NotNil(t, found, "task %s not active on %v", task.ID, active)
+	require.NotNil(t, found, "task %s not active on %v", task.ID(), active)
 	t.Logf("active on %s: %+v args=%s", on, *found, found.Args)
 	assert.Equal(t, "tasks.slow", found.Name)
 	assert.Equal(t, on, found.Hostname)
@@ -244,6 +255,13 @@ func TestRevokeByStampedHeadersOldWorker(t *testing.T) {
 	replies, err = c.RevokeByStampedHeaders(ctx, map[string][]string{"stalk_batch": {"x", "y"}})
 	require.NoError(t, err)
 	assert.Nil(t, replies)
+
+	// The same through AsyncResult, on the amqp client's Controller.
+	r := send(t, client(t), "tasks.add", []any{1, 2}, 0)
+	_, err = r.RevokeByStampedHeaders(ctx, map[string][]string{"stalk_batch": {"z"}},
+		revoke.Destination(a.Hostname), revoke.Wait(2*time.Second))
+	require.ErrorAs(t, err, &we)
+	assert.Equal(t, a.Hostname, we.Worker)
 
 	// The workers are still well after it.
 	_, err = c.Ping(ctx, revoke.Destination(a.Hostname, b.Hostname))
