@@ -27,8 +27,12 @@ type AsyncResult struct {
 	attach sync.Once
 	entry  *Entry
 
+	// childOf is the id of the task whose children list this result came
+	// from, when it was built by Children.
+	childOf string
+
 	mu       sync.Mutex
-	children []*AsyncResult
+	children []Result
 	graph    *Graph
 }
 
@@ -417,10 +421,14 @@ func (r *AsyncResult) wait(ctx context.Context, opts []GetOption) (*Meta, getCon
 				deliver()
 				return m, cfg, err
 			}
+			var err error = fmt.Errorf("stalk: waiting for task %s: %w", r.id, ctx.Err())
 			if errors.Is(ctx.Err(), context.DeadlineExceeded) {
-				return nil, cfg, &timeoutError{id: r.id, cause: ctx.Err(), lost: e.Disrupted()}
+				err = &timeoutError{id: r.id, cause: ctx.Err(), lost: e.Disrupted()}
 			}
-			return nil, cfg, fmt.Errorf("stalk: waiting for task %s: %w", r.id, ctx.Err())
+			if ferr := r.foreignChildErr(e, err); ferr != nil {
+				err = ferr
+			}
+			return nil, cfg, err
 		}
 	}
 }
