@@ -149,7 +149,7 @@ func (t Tuple) Equal(u Tuple) bool {
 // ErrMalformed.
 type TupleError struct{ Reason string }
 
-func (e *TupleError) Error() string         { return "stalk: not a result tuple: " + e.Reason }
+func (e *TupleError) Error() string        { return "stalk: not a result tuple: " + e.Reason }
 func (e *TupleError) Is(target error) bool { return target == ErrMalformed }
 
 // ParseTuple reads a tuple from decoded JSON ([]any as DecodeJSON or
