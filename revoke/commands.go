@@ -208,11 +208,15 @@ func (c *Controller) call(ctx context.Context, method string, args any, o Option
 	if c.life.Err() != nil {
 		return nil, ErrClosed
 	}
+	// Every wait below also ends at Close.
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	defer context.AfterFunc(c.life, cancel)()
 	var ticket string
 	var col *collector
 	if o.Reply {
 		if err := c.ensureConsumer(ctx); err != nil {
-			return nil, fmt.Errorf("stalk: %s: %w", method, err)
+			return nil, fmt.Errorf("stalk: %s: %w", method, c.closedOr(err))
 		}
 		ticket = uuid.NewString()
 		col = c.register(ticket)
@@ -264,6 +268,9 @@ func (c *Controller) collect(ctx context.Context, method string, col *collector,
 		case <-idle.C:
 			return out, nil
 		case <-ctx.Done():
+			if c.life.Err() != nil {
+				return out, ErrClosed
+			}
 			return out, fmt.Errorf("stalk: %s: collecting replies: %w", method, ctx.Err())
 		case <-c.life.Done():
 			return out, ErrClosed

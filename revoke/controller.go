@@ -47,8 +47,8 @@ type Controller struct {
 
 	setupMu sync.Mutex // serialises reply-queue setup
 
-	pubMu sync.Mutex
-	pubCh *amqp091.Channel // confirm mode; opened lazily, reopened after a failure
+	pubTurn chan struct{}    // capacity 1: holding its token is the right to use pubCh
+	pubCh   *amqp091.Channel // confirm mode; opened lazily, reopened after a failure
 
 	mu         sync.Mutex
 	clock      int64 // Lamport clock
@@ -136,6 +136,7 @@ func newController(conn *broker.Conn, owned bool, logger zerolog.Logger) *Contro
 		oid:        oid,
 		queue:      oid + replyQueueTail,
 		attach:     make(chan *consumer),
+		pubTurn:    make(chan struct{}, 1),
 		collectors: make(map[string]*collector),
 		unclaimed:  make(map[string]*stash),
 	}
@@ -189,12 +190,14 @@ func (c *Controller) Close() error {
 	c.once.Do(func() {
 		c.cancel()
 		c.wg.Wait()
-		c.pubMu.Lock()
+		// Publishers hold the turn only briefly: their waits end with
+		// c.life, which is cancelled above.
+		c.pubTurn <- struct{}{}
 		if c.pubCh != nil {
 			_ = c.pubCh.Close()
 			c.pubCh = nil
 		}
-		c.pubMu.Unlock()
+		<-c.pubTurn
 		if c.owned {
 			_ = c.conn.Close()
 		}
@@ -309,6 +312,12 @@ func (c *Controller) setup(ctx context.Context, conn *amqp091.Connection) error 
 		return fail("consume "+c.queue, err)
 	}
 	cons := &consumer{conn: conn, ch: ch, deliveries: deliveries, dead: make(chan struct{})}
+	// Recorded now, so that a command racing the router's pick-up does not
+	// set up a second consumer. If the hand-over fails the channel is
+	// closed, and alive reports false.
+	c.mu.Lock()
+	c.cons = cons
+	c.mu.Unlock()
 	select {
 	case c.attach <- cons:
 	case <-c.life.Done():
@@ -365,7 +374,14 @@ func (c *Controller) route() {
 					defer c.wg.Done()
 					ctx, cancel := context.WithTimeout(c.life, 30*time.Second)
 					defer cancel()
-					if err := c.ensureConsumer(ctx); err != nil && c.life.Err() == nil {
+					err := c.ensureConsumer(ctx)
+					switch {
+					case err == nil, c.life.Err() != nil:
+					case cur.conn.IsClosed():
+						// The connection was going down; the hook sets up
+						// again on the next one.
+						c.log.Debug().Err(err).Msg("reply queue setup failed")
+					default:
 						c.log.Warn().Err(err).Msg("reply queue setup failed")
 					}
 				}()
@@ -502,14 +518,18 @@ func (c *Controller) publishOnce(ctx context.Context, body []byte, timeout time.
 	if err := c.conn.WaitUnblocked(ctx); err != nil {
 		return err
 	}
-	c.pubMu.Lock()
+	select {
+	case c.pubTurn <- struct{}{}:
+	case <-ctx.Done():
+		return fmt.Errorf("stalk: waiting to publish: %w", ctx.Err())
+	}
 	if c.life.Err() != nil {
-		c.pubMu.Unlock()
+		<-c.pubTurn
 		return ErrClosed
 	}
 	ch, err := c.publishChannel(ctx)
 	if err != nil {
-		c.pubMu.Unlock()
+		<-c.pubTurn
 		return err
 	}
 	msg := amqp091.Publishing{
@@ -524,10 +544,10 @@ func (c *Controller) publishOnce(ctx context.Context, body []byte, timeout time.
 	if err != nil {
 		_ = ch.Close()
 		c.pubCh = nil
-		c.pubMu.Unlock()
+		<-c.pubTurn
 		return fmt.Errorf("stalk: publish to %s: %w", controlExchange, err)
 	}
-	c.pubMu.Unlock()
+	<-c.pubTurn
 	select {
 	case <-dc.Done():
 		if !dc.Acked() {
@@ -542,7 +562,8 @@ func (c *Controller) publishOnce(ctx context.Context, body []byte, timeout time.
 }
 
 // publishChannel returns the confirm-mode publishing channel, opening it
-// and declaring celery.pidbox first if needed. Call with pubMu held.
+// and declaring celery.pidbox first if needed. Call holding the pubTurn
+// token.
 func (c *Controller) publishChannel(ctx context.Context) (*amqp091.Channel, error) {
 	if c.pubCh != nil && !c.pubCh.IsClosed() {
 		return c.pubCh, nil
