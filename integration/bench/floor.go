@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/google/uuid"
@@ -57,7 +58,11 @@ func newFloorClient(ctx context.Context, url, name, taskQueue, replyQ string, co
 		return fail(err)
 	}
 	go f.consume(d)
-	return f, ctx.Err()
+	if err := ctx.Err(); err != nil {
+		f.close()
+		return nil, err
+	}
+	return f, nil
 }
 
 func (f *floorClient) consume(d <-chan amqp091.Delivery) {
@@ -165,10 +170,12 @@ func measure(ctx context.Context, cfg *config, call func(ctx context.Context, i 
 	if _, err := window(ctx, cfg.warmup(), cfg.window, call); err != nil {
 		return r, fmt.Errorf("warm-up: %w", err)
 	}
+	cpu0 := processCPU()
 	perS, err := window(ctx, cfg.n, cfg.window, call)
 	if err != nil {
 		return r, err
 	}
+	r.CPUus = float64((processCPU() - cpu0).Microseconds()) / float64(cfg.n)
 	lat, err := sequential(ctx, cfg.seq, call)
 	if err != nil {
 		return r, fmt.Errorf("sequential: %w", err)
@@ -191,6 +198,15 @@ func runFloor(ctx context.Context, cfg *config, confirm bool) (modeResult, error
 	}
 	defer f.close()
 	return measure(ctx, cfg, f.call)
+}
+
+// processCPU is the user+system CPU time this process has used so far.
+func processCPU() time.Duration {
+	var ru syscall.Rusage
+	if err := syscall.Getrusage(syscall.RUSAGE_SELF, &ru); err != nil {
+		return 0
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
 }
 
 func dial(url, name string) (*amqp091.Connection, error) {

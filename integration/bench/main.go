@@ -96,7 +96,14 @@ type modeResult struct {
 	PerS float64
 	P50  float64 // ms
 	P99  float64 // ms
-	Err  string
+	// CPUus is this process's CPU time per task in the throughput run, in
+	// µs: the client's share plus the echo worker's, which is the same in
+	// every mode. Less noisy than throughput on a busy machine.
+	CPUus float64
+}
+
+func (r modeResult) String() string {
+	return fmt.Sprintf("%.0f/s, p50 %.3f ms, p99 %.3f ms, %.1f µs CPU per task", r.PerS, r.P50, r.P99, r.CPUus)
 }
 
 var allModes = []string{"floor", "shared", "ceiling", "pertask", "python", "memory"}
@@ -241,12 +248,14 @@ func bench(ctx context.Context, cfg *config) (*report, error) {
 				rep.fail("floor", err)
 			} else {
 				floors = append(floors, r)
+				progress("  %s", r)
 			}
 			progress("floor (no confirms), round %d", round+1)
 			if r, err := runFloor(ctx, cfg, false); err != nil {
 				rep.fail("floor-noconfirm", err)
 			} else {
 				noconfs = append(noconfs, r)
+				progress("  %s", r)
 			}
 		}
 		if cfg.modes["shared"] {
@@ -257,6 +266,7 @@ func bench(ctx context.Context, cfg *config) (*report, error) {
 			} else {
 				shareds = append(shareds, r)
 				rep.channelsShared = ch
+				progress("  %s", r)
 			}
 		}
 		if cfg.modes["ceiling"] {
@@ -265,6 +275,7 @@ func bench(ctx context.Context, cfg *config) (*report, error) {
 				rep.fail("ceiling", err)
 			} else {
 				ceilings = append(ceilings, q)
+				progress("  %.0f queues/s", q)
 			}
 		}
 		if cfg.modes["pertask"] {
@@ -275,6 +286,7 @@ func bench(ctx context.Context, cfg *config) (*report, error) {
 			} else {
 				pertasks = append(pertasks, r)
 				rep.channelsPerTask = ch
+				progress("  %s", r)
 			}
 		}
 	}
@@ -375,6 +387,9 @@ func (r *report) jsonObject() map[string]any {
 		"pertask_per_s":            num(r.pertask, r.pertask.PerS),
 		"pertask_p50_ms":           num(r.pertask, r.pertask.P50),
 		"pertask_p99_ms":           num(r.pertask, r.pertask.P99),
+		"floor_cpu_us_per_task":    num(r.floor, r.floor.CPUus),
+		"shared_cpu_us_per_task":   num(r.shared, r.shared.CPUus),
+		"pertask_cpu_us_per_task":  num(r.pertask, r.pertask.CPUus),
 		"python_per_s":             num(r.python, r.python.PerS),
 		"python_p50_ms":            num(r.python, r.python.P50),
 		"python_p99_ms":            num(r.python, r.python.P99),
@@ -434,12 +449,16 @@ func cmp(v any, ok func(float64) bool) any {
 
 func (r *report) print(out io.Writer, cfg *config) {
 	tw := tabwriter.NewWriter(out, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintf(tw, "mode\tper s\tp50 ms\tp99 ms\tvs\t\n")
+	fmt.Fprintf(tw, "mode\tper s\tp50 ms\tp99 ms\tCPU µs/task\tvs\t\n")
 	row := func(name string, m modeResult, vs string) {
 		if !m.OK {
 			return
 		}
-		fmt.Fprintf(tw, "%s\t%.0f\t%.3f\t%.3f\t%s\t\n", name, m.PerS, m.P50, m.P99, vs)
+		cpu := ""
+		if m.CPUus > 0 {
+			cpu = fmt.Sprintf("%.1f", m.CPUus)
+		}
+		fmt.Fprintf(tw, "%s\t%.0f\t%.3f\t%.3f\t%s\t%s\t\n", name, m.PerS, m.P50, m.P99, cpu, vs)
 	}
 	o := r.jsonObject()
 	f := func(key, label string) string {
@@ -452,15 +471,15 @@ func (r *report) print(out io.Writer, cfg *config) {
 	row("floor without confirms (info)", r.floorNoConfirm, "")
 	row("stalk shared", r.shared, f("shared_vs_floor", "floor")+"  p50 "+f("shared_p50_vs_floor_p50", "floor"))
 	if r.ceilingOK {
-		fmt.Fprintf(tw, "queue ceiling (%d channels)\t%.0f\t\t\t\t\n", cfg.lanes, r.ceiling)
+		fmt.Fprintf(tw, "queue ceiling (%d channels)\t%.0f\t\t\t\t\t\n", cfg.lanes, r.ceiling)
 	}
 	row("stalk per-task", r.pertask, f("pertask_vs_ceiling", "ceiling"))
 	row("python celery (rpc://)", r.python, "")
 	if r.shared.OK && r.python.OK {
-		fmt.Fprintf(tw, "stalk shared vs python\t\t\t\t%s\t\n", f("shared_vs_python", "python"))
+		fmt.Fprintf(tw, "stalk shared vs python\t\t\t\t\t%s\t\n", f("shared_vs_python", "python"))
 	}
 	if r.floor.OK && r.python.OK {
-		fmt.Fprintf(tw, "floor vs python (bound)\t\t\t\t%s\t\n", f("floor_vs_python", "python"))
+		fmt.Fprintf(tw, "floor vs python (bound)\t\t\t\t\t%s\t\n", f("floor_vs_python", "python"))
 	}
 	tw.Flush()
 	if r.pythonMissing != "" {
