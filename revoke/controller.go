@@ -121,8 +121,10 @@ const (
 
 // NewController returns a Controller that uses conn, a connection the
 // caller owns and keeps open: Close does not close it. The reply queue is
-// declared on the first command that wants replies. logger may be
-// zerolog.Nop().
+// declared on the first command that wants replies; that command also adds
+// a hook to conn which redeclares it on every reconnect (a no-op once the
+// Controller is closed), so make one Controller per connection and keep
+// it. logger may be zerolog.Nop().
 func NewController(conn *broker.Conn, logger zerolog.Logger) *Controller {
 	return newController(conn, false, logger)
 }

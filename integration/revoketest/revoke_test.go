@@ -3,6 +3,7 @@ package revoketest
 import (
 	"encoding/json"
 	"errors"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -400,4 +401,41 @@ func TestRevokeClose(t *testing.T) {
 	_, err := c.Revoke(ctx, []string{uuid.NewString()})
 	assert.ErrorIs(t, err, revoke.ErrClosed)
 	assert.True(t, errors.Is(err, revoke.ErrClosed))
+}
+
+// Commands running at once each get their own replies: the router hands
+// them over by ticket, and the first ones race to set the reply queue up.
+func TestRevokeConcurrentCommands(t *testing.T) {
+	a, b := workers(t)
+	c := controller(t)
+	ctx := harness.Ctx(t, 30*time.Second)
+	both := revoke.Destination(a.Hostname, b.Hostname)
+
+	const n = 8
+	errs := make(chan error, n)
+	for i := range n {
+		go func() {
+			var replies []revoke.Reply
+			var err error
+			if i%2 == 0 {
+				replies, err = c.Ping(ctx, both)
+			} else {
+				id := uuid.NewString()
+				replies, err = c.Revoke(ctx, []string{id}, both, revoke.Wait(2*time.Second))
+				for _, r := range replies {
+					if !strings.Contains(r.OK, id) {
+						err = errors.Join(err, fmt.Errorf("reply for another command: %s", r.Value))
+					}
+				}
+			}
+			if err == nil && len(replies) != 2 {
+				err = fmt.Errorf("command %d: %d replies: %v", i, len(replies), workerNames(replies))
+			}
+			errs <- err
+		}()
+	}
+	for range n {
+		require.NoError(t, <-errs)
+	}
+	assert.Zero(t, c.Dropped())
 }
