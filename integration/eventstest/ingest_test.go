@@ -1,0 +1,120 @@
+package eventstest
+
+import (
+	"fmt"
+	"os"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	amqp091 "github.com/rabbitmq/amqp091-go"
+	"github.com/stretchr/testify/require"
+
+	"github.com/stalk-dev/stalk/events"
+	"github.com/stalk-dev/stalk/integration/harness"
+)
+
+const ingestEvents = 20000
+
+// TestEventsIngest measures how fast a Receiver takes in events: the test
+// publishes 20,000 Celery-shaped events (single objects and task.multi
+// arrays) to celeryev while a Receiver consumes them, and times the span
+// from the first publish to the last event handled. A second, deliberately
+// slow subscription shows that drops are counted exactly. Run it alone,
+// without -race, for the number that matters:
+//
+//	STALK_REQUIRE_BROKER=1 go test -run TestEventsIngest -v ./integration/eventstest/
+func TestEventsIngest(t *testing.T) {
+	key := "task.stalk" + harness.RunID + "ingest"
+	// A generous TTL, so that no event expires in the queue under -race.
+	r := receiver(t, events.Bind(key), events.WithoutWake(), events.MessageTTL(5*time.Minute))
+
+	var fast atomic.Int64
+	allIn := make(chan struct{})
+	st := events.NewState(events.MaxTasks(ingestEvents))
+	fastSub, err := r.Subscribe(harness.Ctx(t, 2*time.Minute), func(ev events.Event) {
+		st.Apply(ev)
+		if fast.Add(1) == ingestEvents {
+			close(allIn)
+		}
+	}, events.Buffer(ingestEvents))
+	require.NoError(t, err)
+	slowSub, err := r.Subscribe(harness.Ctx(t, 2*time.Minute), func(events.Event) {
+		time.Sleep(200 * time.Microsecond)
+	}, events.Buffer(100), events.OnOverflow(events.DropOldest))
+	require.NoError(t, err)
+
+	conn, err := amqp091.Dial(harness.BrokerURL())
+	require.NoError(t, err)
+	defer conn.Close()
+	ch, err := conn.Channel()
+	require.NoError(t, err)
+	require.NoError(t, ch.Confirm(false))
+	confirms := ch.NotifyPublish(make(chan amqp091.Confirmation, ingestEvents))
+	base := float64(time.Now().UnixNano()) / 1e9
+	start := time.Now()
+	for i := range ingestEvents {
+		var body string
+		switch i % 4 {
+		case 0:
+			body = fmt.Sprintf(`{"hostname": "ingest@test", "utcoffset": 0, "pid": 1, "clock": %d, "uuid": "ingest-%d", "name": "tasks.add", "args": "(2, 3)", "kwargs": "{}", "root_id": "ingest-%d", "parent_id": null, "retries": 0, "eta": null, "expires": null, "timestamp": %f, "type": "task-received"}`, i, i/4, i/4, base)
+		case 1:
+			body = fmt.Sprintf(`[{"hostname": "ingest@test", "utcoffset": 0, "pid": 1, "clock": %d, "uuid": "ingest-%d", "timestamp": %f, "type": "task-started"}]`, i, i/4, base)
+		case 2:
+			body = fmt.Sprintf(`[{"hostname": "ingest@test", "utcoffset": 0, "pid": 1, "clock": %d, "uuid": "ingest-%d", "result": "5", "runtime": 0.0012, "timestamp": %f, "type": "task-succeeded"}]`, i, i/4, base)
+		default:
+			body = fmt.Sprintf(`{"active": 0, "clock": %d, "freq": 2.0, "hostname": "ingest@test", "loadavg": [0.05, 0.38, 0.28], "pid": 1, "processed": %d, "sw_ident": "py-celery", "sw_sys": "Linux", "sw_ver": "5.2.6", "timestamp": %f, "type": "worker-heartbeat", "utcoffset": 0}`, i, i, base)
+		}
+		require.NoError(t, ch.Publish(events.Exchange, key, false, false, amqp091.Publishing{
+			ContentType: "application/json", ContentEncoding: "utf-8", DeliveryMode: amqp091.Transient, Body: []byte(body),
+		}))
+	}
+	for i := range ingestEvents {
+		select {
+		case c := <-confirms:
+			require.True(t, c.Ack)
+		case <-time.After(60 * time.Second):
+			t.Fatalf("only %d of %d publisher confirms arrived; %d events handled; receiver stats %+v",
+				i, ingestEvents, fast.Load(), r.Stats())
+		}
+	}
+	pubRate := float64(ingestEvents) / time.Since(start).Seconds()
+	select {
+	case <-allIn:
+	case <-time.After(90 * time.Second):
+		t.Fatalf("only %d of %d events handled; receiver stats %+v", fast.Load(), ingestEvents, r.Stats())
+	}
+	elapsed := time.Since(start)
+	rate := float64(ingestEvents) / elapsed.Seconds()
+
+	require.NoError(t, slowSub.Drain(harness.Ctx(t, 30*time.Second)))
+	require.NoError(t, fastSub.Drain(harness.Ctx(t, 30*time.Second)))
+	rs := r.Stats()
+	require.EqualValues(t, ingestEvents, rs.Received)
+	require.EqualValues(t, ingestEvents, rs.Decoded, "every event decoded")
+	require.Zero(t, rs.Malformed)
+	fs := fastSub.Stats()
+	require.EqualValues(t, ingestEvents, fs.Delivered)
+	require.Zero(t, fs.Dropped)
+	ss := slowSub.Stats()
+	require.EqualValues(t, ingestEvents, ss.Matched)
+	require.Equal(t, ss.Matched, ss.Delivered+ss.Dropped, "decoded = delivered + dropped")
+	require.Positive(t, ss.Dropped, "the slow handler cannot keep up")
+	require.Equal(t, rs.Dropped, ss.Dropped)
+	require.Equal(t, ingestEvents/4, st.Len())
+	tk, _ := st.Task("ingest-7")
+	require.Equal(t, events.StateSuccess, tk.State)
+
+	race := ""
+	if raceEnabled {
+		race = " (race detector on: expect a several-fold lower rate than without -race)"
+	}
+	t.Logf("ingest: %d events published and decoded in %s: %.0f events/s%s; publishing alone took %.0f events/s; slow handler: delivered %d, dropped %d",
+		ingestEvents, elapsed.Round(time.Millisecond), rate, race, pubRate, ss.Delivered, ss.Dropped)
+	note := fmt.Sprintf("- %s events ingest: %d events, %.0f events/s published, decoded and dispatched end to end (State.Apply on the fast subscription)%s; publisher alone %.0f events/s. Slow handler (200µs, buffer 100, drop-oldest): delivered %d + dropped %d = %d. Command: `STALK_REQUIRE_BROKER=1 go test -run TestEventsIngest -v ./integration/eventstest/`\n",
+		time.Now().UTC().Format(time.RFC3339), ingestEvents, rate, race, pubRate, ss.Delivered, ss.Dropped, ss.Delivered+ss.Dropped)
+	if f, err := os.OpenFile("/tmp/events-notes.md", os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o644); err == nil {
+		_, _ = f.WriteString(note)
+		_ = f.Close()
+	}
+}

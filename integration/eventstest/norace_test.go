@@ -1,0 +1,5 @@
+//go:build !race
+
+package eventstest
+
+const raceEnabled = false
