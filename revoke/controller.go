@@ -370,7 +370,8 @@ func (c *Controller) route() {
 			deliveries = nil
 			cur.kill()
 			if !cur.conn.IsClosed() && c.life.Err() == nil {
-				c.log.Warn().Str("queue", c.queue).Msg("reply consumer stopped; setting it up again")
+				c.log.Debug().Str("queue", c.queue).Msg("reply consumer stopped; setting it up again")
+				stopped := cur
 				c.wg.Add(1)
 				go func() {
 					defer c.wg.Done()
@@ -379,7 +380,7 @@ func (c *Controller) route() {
 					err := c.ensureConsumer(ctx)
 					switch {
 					case err == nil, c.life.Err() != nil:
-					case cur.conn.IsClosed():
+					case stopped.conn.IsClosed():
 						// The connection was going down; the hook sets up
 						// again on the next one.
 						c.log.Debug().Err(err).Msg("reply queue setup failed")
