@@ -87,6 +87,9 @@ func TestEventsIngest(t *testing.T) {
 	elapsed := time.Since(start)
 	rate := float64(ingestEvents) / elapsed.Seconds()
 
+	// The consumer offers each event to both subscriptions in turn: let it
+	// finish the last one before draining.
+	require.Eventually(t, func() bool { return slowSub.Stats().Matched == ingestEvents }, 10*time.Second, time.Millisecond)
 	require.NoError(t, slowSub.Drain(harness.Ctx(t, 30*time.Second)))
 	require.NoError(t, fastSub.Drain(harness.Ctx(t, 30*time.Second)))
 	rs := r.Stats()
