@@ -408,6 +408,9 @@ func (r *AsyncResult) wait(ctx context.Context, opts []GetOption) (*Meta, getCon
 		case <-done:
 			deliver()
 			m, err, _ := e.Promise().Peek()
+			if perr := r.failedAncestor(ctx, cfg, m, err); perr != nil {
+				return nil, cfg, perr
+			}
 			return m, cfg, err
 		case err := <-parentFailed:
 			return nil, cfg, err

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"iter"
+	"time"
 )
 
 // ErrForeignReplyQueue is satisfied by the error a wait on a child result
@@ -161,4 +162,44 @@ func (r *AsyncResult) GetLeaf(ctx context.Context, opts ...GetOption) (any, erro
 		v = d.Value
 	}
 	return v, nil
+}
+
+// ancestorGrace bounds how long Get waits for an ancestor's state after
+// the task itself failed.
+const ancestorGrace = time.Second
+
+// failedAncestor implements Celery's follow_parents when the task itself
+// ended in FAILURE or REVOKED: a chain step after a failed one is marked
+// failed by the worker too, with the same exception, so the error that
+// explains the failure is the first failed ancestor's, root first. An
+// ancestor whose final state has not arrived yet (in per-task mode it comes
+// on another queue) is waited for briefly: in a chain, a step only fails
+// after its parent has finished. It returns nil when no ancestor failed.
+func (r *AsyncResult) failedAncestor(ctx context.Context, cfg getConfig, m *Meta, err error) error {
+	if err != nil || m == nil || !m.Status.Propagates() || !cfg.followParents || !cfg.propagate || r.parent == nil {
+		return nil
+	}
+	var ancestors []*AsyncResult
+	for p := r.parent; p != nil; p = p.parent {
+		ancestors = append(ancestors, p)
+	}
+	ctx, cancel := context.WithTimeout(ctx, ancestorGrace)
+	defer cancel()
+	for i := len(ancestors) - 1; i >= 0; i-- {
+		e := ancestors[i].Entry()
+		if e == nil {
+			continue
+		}
+		am, aerr := e.Promise().Wait(ctx)
+		if aerr != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
+			continue
+		}
+		if am.Status.Propagates() {
+			return am.Err()
+		}
+	}
+	return nil
 }

@@ -217,3 +217,31 @@ func TestForeignChildError(t *testing.T) {
 	assert.ErrorIs(t, err, ErrTimeout)
 	assert.NotErrorIs(t, err, ErrForeignReplyQueue)
 }
+
+func TestGetFollowParentsPrefersFailedAncestor(t *testing.T) {
+	b := newFake()
+	a := New("a", b)
+	mid := New("b", b, WithParent(a))
+	last := New("c", b, WithParent(mid))
+	b.deliver("a", Success, int64(3))
+	// The worker marks the step after a failed one failed too; here the
+	// last step's message arrives before its parent's, as it can when they
+	// come on different queues.
+	b.deliver("c", Failure, failure("3"))
+	go func() {
+		time.Sleep(50 * time.Millisecond)
+		b.deliver("b", Failure, failure("3"))
+	}()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	_, err := last.Get(ctx)
+	var te *TaskError
+	require.ErrorAs(t, err, &te)
+	assert.Equal(t, "b", te.TaskID)
+	_, err = last.Get(ctx, FollowParents(false))
+	require.ErrorAs(t, err, &te)
+	assert.Equal(t, "c", te.TaskID)
+	v, err := last.Get(ctx, Propagate(false))
+	require.NoError(t, err)
+	assert.Equal(t, "c", v.(*TaskError).TaskID)
+}
