@@ -18,6 +18,7 @@ import (
 	"github.com/stalk-dev/stalk/amqp"
 	"github.com/stalk-dev/stalk/integration/harness"
 	"github.com/stalk-dev/stalk/result"
+	"github.com/stalk-dev/stalk/revoke"
 )
 
 func add(args ...any) *amqp.TaskSig { return amqp.Sig("tasks.add", amqp.Args(args...)) }
@@ -390,4 +391,44 @@ func TestCanvasChordIsAnError(t *testing.T) {
 	_, err = c.Apply(ctx, amqp.NewChain(amqp.NewGroup(add(1, 1), add(2, 2)), amqp.Sig("tasks.tsum")))
 	require.ErrorIs(t, err, result.ErrNotSupported, "a group chained to a task is a chord")
 	assert.Equal(t, 0, c.Stats().Pending, "nothing was sent or attached")
+}
+
+func TestCanvasGroupOfChainsAndRevoke(t *testing.T) {
+	forModes(t, func(t *testing.T, c *amqp.Client) {
+		ctx := harness.Ctx(t, 45*time.Second)
+		r, err := c.Apply(ctx, amqp.NewGroup(
+			amqp.NewChain(add(1, 1), add(1)),
+			amqp.NewChain(add(2, 2), amqp.Sig("tasks.mul", amqp.Args(10))),
+		), amqp.Queue(queue))
+		require.NoError(t, err)
+		g := r.(*result.GroupResult)
+		vals, err := g.Join(ctx)
+		require.NoError(t, err)
+		assert.Equal(t, []any{int64(3), int64(40)}, vals)
+		for _, m := range g.Results() {
+			require.NotNil(t, m.Parent(), "a member chain's result is its last step")
+			assert.True(t, m.Parent().Successful())
+		}
+
+		slow, err := c.Group(ctx, amqp.Sig("tasks.slow", amqp.Args(30)), amqp.Sig("tasks.slow", amqp.Args(30)))
+		require.NoError(t, err)
+		require.Eventually(t, func() bool {
+			for _, m := range slow.Results() {
+				if m.State() != result.Started {
+					return false
+				}
+			}
+			return true
+		}, 20*time.Second, 20*time.Millisecond)
+		_, err = slow.Revoke(ctx, revoke.Terminate())
+		require.NoError(t, err)
+		vals, err = slow.Join(ctx, result.Propagate(false))
+		require.NoError(t, err)
+		for _, v := range vals {
+			assert.ErrorIs(t, v.(error), result.ErrRevoked)
+		}
+		assert.True(t, slow.Ready())
+		assert.False(t, slow.Failed(), "REVOKED is not failed")
+		assert.Equal(t, 0, slow.CompletedCount())
+	})
 }
