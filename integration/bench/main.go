@@ -183,6 +183,12 @@ func run() int {
 		}
 		defer pprof.StopCPUProfile()
 	}
+	unlock, err := brokerLock()
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "bench:", err)
+		return 1
+	}
+	defer unlock()
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	rep, err := bench(ctx, cfg)
@@ -390,6 +396,7 @@ func (r *report) jsonObject() map[string]any {
 		"floor_cpu_us_per_task":    num(r.floor, r.floor.CPUus),
 		"shared_cpu_us_per_task":   num(r.shared, r.shared.CPUus),
 		"pertask_cpu_us_per_task":  num(r.pertask, r.pertask.CPUus),
+		"python_cpu_us_per_task":   num(r.python, r.python.CPUus),
 		"python_per_s":             num(r.python, r.python.PerS),
 		"python_p50_ms":            num(r.python, r.python.P50),
 		"python_p99_ms":            num(r.python, r.python.P99),
@@ -516,4 +523,28 @@ func deleteQueue(cfg *config, name string) {
 		_, _ = ch.QueueDelete(name, false, false, false)
 		_ = ch.ExchangeDelete(name, false, false)
 	}
+}
+
+// brokerLockPath is the lock the integration suites share: ordinary suites
+// take it shared, the ones that stop or restart the broker take it
+// exclusively (see integration/harness). The bench takes it shared, so that
+// it never measures a broker that is being restarted.
+const brokerLockPath = "/tmp/stalk-broker.lock"
+
+func brokerLock() (unlock func(), err error) {
+	f, err := os.OpenFile(brokerLockPath, os.O_CREATE|os.O_RDWR, 0o666)
+	if err != nil {
+		return nil, fmt.Errorf("broker lock: %w", err)
+	}
+	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_SH|syscall.LOCK_NB); err != nil {
+		fmt.Fprintln(os.Stderr, "bench: waiting for the broker lock (a suite that restarts the broker is running)")
+		if err := syscall.Flock(int(f.Fd()), syscall.LOCK_SH); err != nil {
+			f.Close()
+			return nil, fmt.Errorf("broker lock: %w", err)
+		}
+	}
+	return func() {
+		_ = syscall.Flock(int(f.Fd()), syscall.LOCK_UN)
+		f.Close()
+	}, nil
 }

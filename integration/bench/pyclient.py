@@ -5,7 +5,8 @@ Usage: python3 pyclient.py BROKER_URL QUEUE N WINDOW SEQ
 Sends tasks.echo(i) with app.send_task(name, args, queue=QUEUE) and reads
 the results with .get() over rpc://, first N of them with at most WINDOW
 outstanding (a sliding window, oldest awaited first), then SEQ sequential
-round trips. Prints one JSON object: per_s, p50_ms, p99_ms, n, seq.
+round trips. Prints one JSON object: per_s, p50_ms, p99_ms,
+cpu_us_per_task (this process, throughput run), n, seq.
 """
 
 import collections
@@ -42,7 +43,9 @@ def main():
         return count / (time.perf_counter() - start)
 
     run_window(min(200, n))  # warm-up: connections, declarations
+    cpu0 = time.process_time()
     per_s = run_window(n)
+    cpu_us = (time.process_time() - cpu0) / n * 1e6
 
     lat = []
     for i in range(seq):
@@ -54,7 +57,8 @@ def main():
     def pct(p):
         return lat[int(p * (len(lat) - 1) + 0.5)] * 1000 if lat else None
 
-    print(json.dumps({"per_s": per_s, "p50_ms": pct(0.50), "p99_ms": pct(0.99), "n": n, "seq": seq}))
+    print(json.dumps({"per_s": per_s, "p50_ms": pct(0.50), "p99_ms": pct(0.99),
+                      "cpu_us_per_task": cpu_us, "n": n, "seq": seq}))
 
 
 if __name__ == "__main__":
