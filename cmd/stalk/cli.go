@@ -322,24 +322,43 @@ func (a *app) fail(err error) int {
 }
 
 // redact removes the broker password from a message, whatever form it
-// took.
+// took: escaped as in the URL, or decoded.
 func (a *app) redact(msg string) string {
-	u, err := url.Parse(strings.TrimSpace(a.g.broker))
-	if err != nil || u.User == nil {
+	user, pw := credentials(a.g.broker)
+	if pw == "" {
 		return msg
 	}
-	pw, ok := u.User.Password()
-	if !ok || pw == "" {
-		return msg
+	forms := []string{pw}
+	if dec, err := url.PathUnescape(pw); err == nil && dec != pw {
+		forms = append(forms, dec)
 	}
-	msg = strings.ReplaceAll(msg, ":"+pw+"@", ":xxxxx@")
-	if esc := url.UserPassword("", pw).String(); len(esc) > 1 {
-		msg = strings.ReplaceAll(msg, esc[1:]+"@", "xxxxx@")
-	}
-	if len(pw) >= 6 && pw != u.User.Username() {
-		msg = strings.ReplaceAll(msg, pw, "xxxxx")
+	for _, f := range forms {
+		msg = strings.ReplaceAll(msg, ":"+f+"@", ":xxxxx@")
+		if len(f) >= 6 && f != user {
+			msg = strings.ReplaceAll(msg, f, "xxxxx")
+		}
 	}
 	return msg
+}
+
+// credentials returns the user and password of a URL as written (still
+// escaped), even when net/url cannot parse it.
+func credentials(raw string) (user, pw string) {
+	raw = strings.TrimSpace(raw)
+	i := strings.Index(raw, "://")
+	if i < 0 {
+		return "", ""
+	}
+	rest := raw[i+3:]
+	at := strings.LastIndex(rest, "@")
+	if at < 0 {
+		return "", ""
+	}
+	user, pw, _ = strings.Cut(rest[:at], ":")
+	if strings.ContainsAny(user, "/?#") {
+		return "", "" // the "@" is in the path, not in userinfo
+	}
+	return user, pw
 }
 
 func oneLine(s string) string {

@@ -61,8 +61,11 @@ func (p *progressView) Update(m result.Meta) {
 	p.info = ""
 	if cur, tot, ok := progressOf(m.Result); ok {
 		p.cur, p.tot, p.hasBar = cur, tot, true
-	} else if m.Status.IsCustom() && m.Result != nil {
-		p.info = compactMeta(m.RawResult)
+	} else {
+		p.hasBar = false
+		if m.Status.IsCustom() && m.Result != nil {
+			p.info = compactMeta(m.RawResult)
+		}
 	}
 	if p.tty {
 		p.draw(false)
