@@ -100,6 +100,9 @@ type modeResult struct {
 	// µs: the client's share plus the echo worker's, which is the same in
 	// every mode. Less noisy than throughput on a busy machine.
 	CPUus float64
+	// Stalls counts Python gets that took 0.5 s or more (Celery's rpc
+	// backend sometimes waits out its 1 s drain timeout).
+	Stalls int
 }
 
 func (r modeResult) String() string {
@@ -397,6 +400,7 @@ func (r *report) jsonObject() map[string]any {
 		"shared_cpu_us_per_task":   num(r.shared, r.shared.CPUus),
 		"pertask_cpu_us_per_task":  num(r.pertask, r.pertask.CPUus),
 		"python_cpu_us_per_task":   num(r.python, r.python.CPUus),
+		"python_stalls":            num(r.python, float64(r.python.Stalls)),
 		"python_per_s":             num(r.python, r.python.PerS),
 		"python_p50_ms":            num(r.python, r.python.P50),
 		"python_p99_ms":            num(r.python, r.python.P99),
@@ -491,6 +495,9 @@ func (r *report) print(out io.Writer, cfg *config) {
 	tw.Flush()
 	if r.pythonMissing != "" {
 		fmt.Fprintf(out, "python: not measured: %s\n", r.pythonMissing)
+	}
+	if r.python.OK && r.python.Stalls > 0 {
+		fmt.Fprintf(out, "python: %d get() calls in the throughput run took 0.5 s or more (the rpc backend waiting out its 1 s drain timeout); they are part of its number\n", r.python.Stalls)
 	}
 	if p := r.pending; p != nil {
 		fmt.Fprintf(out, "memory: %d pending results (shared mode): RSS %.1f MB (%.1f MB before sending; Go heap in use %.1f MB)\n",
