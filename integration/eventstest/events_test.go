@@ -191,7 +191,9 @@ func TestEventsWorkerLifecycle(t *testing.T) {
 	// 2·freq, and the worker is no longer alive.
 	expires := wk.HeartbeatExpires()
 	require.WithinDuration(t, wk.Heartbeats[len(wk.Heartbeats)-1].Add(4*time.Second), expires, time.Millisecond)
-	offset.Store(int64(time.Until(expires) + 100*time.Millisecond))
+	// 2·freq + 6 s ahead, so that a heartbeat arriving meanwhile does not
+	// make this racy.
+	offset.Store(int64(time.Until(expires) + 6*time.Second))
 	require.False(t, st.Alive(nodename), "no heartbeat for 2·freq")
 	offset.Store(0)
 	require.True(t, st.Alive(nodename))
