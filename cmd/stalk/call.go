@@ -49,6 +49,7 @@ func runCall(ctx context.Context, a *app, args []string) error {
 	expires := fs.String("expires", "", "revoke the task if it has not started by `T`: seconds (60), a duration (10m) or a time")
 	timeout := fs.Duration("timeout", 0, "stop waiting after this `duration` and exit 3 (default: wait until the task is ready)")
 	noWait := fs.Bool("no-wait", false, "print the task id and exit once the broker has the task")
+	rf := addReplyFlags(fs)
 	mode := fs.String("mode", "per-task", "reply `mode`: per-task (the result stays readable by 'stalk result ID') or shared (one queue for this call)")
 	pos, err := a.parse(fs, callSpec, args)
 	if err != nil {
@@ -106,7 +107,11 @@ func runCall(ctx context.Context, a *app, args []string) error {
 		}
 	}
 
-	opts := []amqp.Option{amqp.WithReplyMode(rm)}
+	opts, err := rf.options()
+	if err != nil {
+		return err
+	}
+	opts = append(opts, amqp.WithReplyMode(rm))
 	if rm == amqp.Shared {
 		// The shared queue serves this one call: let the broker delete it
 		// soon after we leave.
@@ -145,7 +150,7 @@ func runCall(ctx context.Context, a *app, args []string) error {
 	}
 	m, err := a.await(ctx, r, task, *timeout, rm == amqp.PerTask)
 	if err != nil {
-		return err
+		return explainReplyErr(err)
 	}
 	return a.report(m, task)
 }

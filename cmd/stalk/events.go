@@ -88,7 +88,7 @@ func runEvents(ctx context.Context, a *app, args []string) error {
 	if err != nil {
 		return fmt.Errorf("subscribe to events: %w", err)
 	}
-	if !*tasks && !a.g.json {
+	if !a.g.json {
 		fmt.Fprintf(a.stderr, "listening for events on %s (Ctrl-C to stop)\n", redactedURL(a))
 	}
 	if live {

@@ -42,6 +42,7 @@ func runResult(ctx context.Context, a *app, args []string) error {
 	fs := a.newFlagSet(resultSpec)
 	wait := fs.Bool("wait", false, "wait until the task is ready")
 	timeout := fs.Duration("timeout", 0, "with --wait: stop waiting after this `duration` and exit 3 (default: no limit)")
+	rf := addReplyFlags(fs)
 	pos, err := a.parse(fs, resultSpec, args)
 	if err != nil {
 		return err
@@ -56,7 +57,11 @@ func runResult(ctx context.Context, a *app, args []string) error {
 	if *timeout > 0 && !*wait {
 		*wait = true
 	}
-	c, err := a.dialClient(ctx, amqp.WithReplyMode(amqp.PerTask))
+	opts, err := rf.options()
+	if err != nil {
+		return err
+	}
+	c, err := a.dialClient(ctx, append(opts, amqp.WithReplyMode(amqp.PerTask))...)
 	if err != nil {
 		return err
 	}
@@ -66,7 +71,7 @@ func runResult(ctx context.Context, a *app, args []string) error {
 		r := c.AsyncResult(id)
 		m, err := a.await(ctx, r, id, *timeout, true)
 		if err != nil {
-			return err
+			return explainReplyErr(err)
 		}
 		return a.showResult(id, m, m.Status)
 	}
@@ -99,7 +104,7 @@ func runResult(ctx context.Context, a *app, args []string) error {
 	case ctx.Err() != nil:
 		return ctx.Err()
 	default:
-		return fmt.Errorf("read %s: %w", id, err)
+		return explainReplyErr(fmt.Errorf("read %s: %w", id, err))
 	}
 }
 
