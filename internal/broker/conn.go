@@ -3,6 +3,7 @@ package broker
 import (
 	"context"
 	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"math/rand/v2"
@@ -103,9 +104,11 @@ type Conn struct {
 
 // Dial connects and starts the supervisor. It returns once the first
 // connection is Ready. Network errors are retried with backoff until ctx
-// ends; an authentication, permission or vhost error is returned at once,
-// since retrying cannot fix it. ctx bounds only the first connection, not
-// the Conn's lifetime.
+// ends; an authentication, permission or vhost error, or a TLS certificate
+// that does not verify, is returned at once, since retrying cannot fix it.
+// Once connected, the supervisor redials after any error, these included,
+// until Close. ctx bounds only the first connection, not the Conn's
+// lifetime.
 func Dial(ctx context.Context, cfg Config, hooks ...Hook) (*Conn, error) {
 	c, err := Start(cfg, hooks...)
 	if err != nil {
@@ -363,6 +366,7 @@ func (c *Conn) supervise() {
 	defer c.wg.Done()
 	defer c.setState(Closed, nil)
 	attempt := 0
+	connected := false // a connection has been Ready before
 	for {
 		if c.life.Err() != nil {
 			return
@@ -372,14 +376,24 @@ func (c *Conn) supervise() {
 			c.mu.Lock()
 			c.lastErr = err
 			c.mu.Unlock()
-			if isPermanent(err) {
+			attempt++
+			if isPermanent(err) && !connected {
+				// Bad credentials, a refused vhost or permission, a
+				// certificate that does not verify: Dial reports it at
+				// once instead of retrying until its ctx ends.
 				c.log.Error().Err(err).Msg("broker refused the connection; not retrying")
 				c.cancel()
 				return
 			}
-			attempt++
 			d := c.cfg.Backoff(attempt)
-			c.log.Warn().Err(err).Int("attempt", attempt).Dur("backoff", d).Msg("connect failed")
+			if isPermanent(err) {
+				// After a working connection, keep redialling: permissions
+				// and certificates can be fixed while we wait, and giving up
+				// would leave every waiter hanging on a dead client.
+				c.log.Error().Err(err).Int("attempt", attempt).Dur("backoff", d).Msg("broker refused the connection; retrying")
+			} else {
+				c.log.Warn().Err(err).Int("attempt", attempt).Dur("backoff", d).Msg("connect failed")
+			}
 			select {
 			case <-time.After(d):
 				continue
@@ -391,6 +405,7 @@ func (c *Conn) supervise() {
 			c.log.Info().Int("attempts", attempt).Msg("reconnected")
 		}
 		attempt = 0
+		connected = true
 		closed := conn.NotifyClose(make(chan *amqp091.Error, 1))
 		blocked := conn.NotifyBlocked(make(chan amqp091.Blocking, 4))
 		c.setState(Ready, conn)
@@ -506,6 +521,14 @@ func isPermanent(err error) bool {
 var ErrAccessRefused = errors.New("stalk: access refused by the broker")
 
 func classify(err error) error {
+	// The specific errors first: ErrCredentials and ErrVhost are
+	// *amqp091.Error values with the generic 403 and 530 codes.
+	if errors.Is(err, amqp091.ErrSASL) || errors.Is(err, amqp091.ErrCredentials) {
+		return Permanent(fmt.Errorf("%w (check the username and password): %w", ErrAccessRefused, err))
+	}
+	if errors.Is(err, amqp091.ErrVhost) {
+		return Permanent(fmt.Errorf("%w (the vhost does not exist or the user may not open it): %w", ErrAccessRefused, err))
+	}
 	var ae *amqp091.Error
 	if errors.As(err, &ae) {
 		switch ae.Code {
@@ -513,11 +536,12 @@ func classify(err error) error {
 			return Permanent(fmt.Errorf("%w (check the user's permissions on the vhost): %w", ErrAccessRefused, err))
 		}
 	}
-	if errors.Is(err, amqp091.ErrSASL) || errors.Is(err, amqp091.ErrCredentials) {
-		return Permanent(fmt.Errorf("%w (check the username and password): %w", ErrAccessRefused, err))
-	}
-	if errors.Is(err, amqp091.ErrVhost) {
-		return Permanent(fmt.Errorf("%w (the vhost does not exist or the user may not open it): %w", ErrAccessRefused, err))
+	var cve *tls.CertificateVerificationError
+	var he x509.HostnameError
+	var ua x509.UnknownAuthorityError
+	var ci x509.CertificateInvalidError
+	if errors.As(err, &cve) || errors.As(err, &he) || errors.As(err, &ua) || errors.As(err, &ci) {
+		return Permanent(fmt.Errorf("stalk: the broker's TLS certificate does not verify (check the CA, the ServerName and the certificate): %w", err))
 	}
 	return err
 }
