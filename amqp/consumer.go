@@ -246,11 +246,11 @@ func (c *consumer) laneFor(id string) *lane {
 // confirmed the consumer, or ctx ends.
 func (c *consumer) follow(ctx context.Context, e *result.Entry) error {
 	if c.cfg.mode == Shared {
-		return c.conn.WaitReady(ctx)
+		return waitBroker(ctx, c.conn)
 	}
 	l := c.laneFor(e.ID())
 	for {
-		if err := c.conn.WaitReady(ctx); err != nil {
+		if err := waitBroker(ctx, c.conn); err != nil {
 			return err
 		}
 		l.mu.Lock()
@@ -286,6 +286,33 @@ func (c *consumer) follow(ctx context.Context, e *result.Entry) error {
 			return nil
 		}
 	}
+}
+
+// waitBroker waits until conn is Ready. Its error says what it was
+// waiting for, and is ErrClosed once the client is closed.
+func waitBroker(ctx context.Context, conn *broker.Conn) error {
+	err := conn.WaitReady(ctx)
+	if err == nil {
+		return nil
+	}
+	if errors.Is(err, broker.ErrClosed) {
+		return ErrClosed
+	}
+	if ctx.Err() != nil {
+		if last := conn.LastError(); last != nil {
+			return fmt.Errorf("waiting for the broker (%s, last error: %v): %w", conn.State(), last, err)
+		}
+		return fmt.Errorf("waiting for the broker (%s): %w", conn.State(), err)
+	}
+	return err
+}
+
+// closedErr maps the supervised connection's ErrClosed to the client's.
+func closedErr(err error) error {
+	if errors.Is(err, broker.ErrClosed) {
+		return ErrClosed
+	}
+	return err
 }
 
 func (c *consumer) isFollowed(id string) bool {
@@ -484,7 +511,7 @@ func (c *consumer) exists(ctx context.Context, id string) (bool, error) {
 	}
 	ch, err := c.conn.Channel(ctx)
 	if err != nil {
-		return false, err
+		return false, closedErr(err)
 	}
 	defer ch.Close()
 	q, err := ch.QueueDeclarePassive(c.queueName(id), true, false, false, false, c.queueArgs())
@@ -514,7 +541,7 @@ func (c *consumer) forget(ctx context.Context, id string) error {
 	}
 	ch, err := c.conn.Channel(ctx)
 	if err != nil {
-		return err
+		return closedErr(err)
 	}
 	defer ch.Close()
 	if _, err := ch.QueueDelete(c.queueName(id), false, false, false); err != nil {

@@ -98,12 +98,15 @@ var ErrNotConfirmed = errors.New("stalk: broker did not confirm the publish")
 // next connection (at-least-once: the task id stays the same).
 func (p *publisher) publish(ctx context.Context, exchange, key, declare string, pub amqp091.Publishing) error {
 	for {
+		if err := waitBroker(ctx, p.conn); err != nil {
+			return fmt.Errorf("stalk: publish: %w", err)
+		}
 		conn, err := p.conn.Connection(ctx)
 		if err != nil {
-			return fmt.Errorf("stalk: publish: waiting for the broker: %w", err)
+			return fmt.Errorf("stalk: publish: waiting for the broker: %w", closedErr(err))
 		}
 		if err := p.conn.WaitUnblocked(ctx); err != nil {
-			return err
+			return closedErr(err)
 		}
 		p.mu.Lock()
 		ch, need := p.ch, declare != "" && !p.declared[declare]
@@ -174,7 +177,7 @@ func (p *publisher) waitNewChannel(ctx context.Context, old *amqp091.Channel) er
 			return fmt.Errorf("stalk: publish: waiting for the broker: %w", err)
 		}
 		if _, err := p.conn.Connection(ctx); err != nil {
-			return fmt.Errorf("stalk: publish: waiting for the broker: %w", err)
+			return fmt.Errorf("stalk: publish: waiting for the broker: %w", closedErr(err))
 		}
 	}
 }
