@@ -32,8 +32,10 @@
 //
 // Throughput is measured with -window tasks outstanding, latency as -seq
 // sequential round trips. The machine is shared and noisy: compare the
-// ratios, which are measured side by side; -rounds repeats the
-// throughput-critical modes interleaved and reports medians.
+// ratios, which are measured side by side. Each of -rounds rounds (default
+// 3) runs floor and shared back to back, then the ceiling and per-task;
+// throughputs are the median round, ratios the median of the rounds'
+// ratios.
 package main
 
 import (
@@ -134,7 +136,7 @@ func run() int {
 	flag.IntVar(&cfg.pyN, "pyn", 3000, "tasks for the Python client's throughput run")
 	flag.IntVar(&cfg.ceilingN, "ceilingn", 5000, "queues for the ceiling")
 	flag.IntVar(&cfg.pertaskN, "pertaskn", 5000, "tasks for per-task mode's throughput run")
-	flag.IntVar(&cfg.rounds, "rounds", 1, "interleaved repetitions of floor/shared/ceiling/pertask; medians are reported")
+	flag.IntVar(&cfg.rounds, "rounds", 3, "rounds of floor+shared and ceiling+per-task, each pair back to back; throughputs are the median round, ratios the median of the rounds' ratios")
 	flag.IntVar(&cfg.workerChannels, "worker-channels", 4, "echo worker channels")
 	flag.IntVar(&cfg.workerPrefetch, "worker-prefetch", 256, "echo worker prefetch per channel")
 	flag.BoolVar(&cfg.jsonOut, "json", false, "print one JSON object on the last line")
@@ -220,7 +222,12 @@ type report struct {
 	channelsShared, channelsPerTask                *int
 	channelsPerTaskIdle, channelsPerTaskPending    int
 	failures                                       []string
-	notes                                          []string
+	// Ratios of each round's back-to-back pair; the reported ratio is
+	// their median (with one round, simply that round's ratio).
+	roundRatios struct {
+		sharedVsFloor, sharedP50VsFloor, pertaskVsCeiling []float64
+	}
+	notes []string
 }
 
 func (r *report) fail(part string, err error) {
@@ -251,19 +258,17 @@ func bench(ctx context.Context, cfg *config) (*report, error) {
 	var floors, noconfs, shareds, pertasks []modeResult
 	var ceilings []float64
 	for round := 0; round < cfg.rounds && ctx.Err() == nil; round++ {
+		// Floor and shared run back to back, and so do the ceiling and
+		// per-task, so that each pair sees the same machine.
+		var floor, shared, pertask modeResult
+		ceiling := 0.0
 		if cfg.modes["floor"] {
 			progress("floor (confirms), round %d", round+1)
 			if r, err := runFloor(ctx, cfg, true); err != nil {
 				rep.fail("floor", err)
 			} else {
+				floor = r
 				floors = append(floors, r)
-				progress("  %s", r)
-			}
-			progress("floor (no confirms), round %d", round+1)
-			if r, err := runFloor(ctx, cfg, false); err != nil {
-				rep.fail("floor-noconfirm", err)
-			} else {
-				noconfs = append(noconfs, r)
 				progress("  %s", r)
 			}
 		}
@@ -273,8 +278,18 @@ func bench(ctx context.Context, cfg *config) (*report, error) {
 			if err != nil {
 				rep.fail("shared", err)
 			} else {
+				shared = r
 				shareds = append(shareds, r)
 				rep.channelsShared = ch
+				progress("  %s", r)
+			}
+		}
+		if cfg.modes["floor"] {
+			progress("floor (no confirms), round %d", round+1)
+			if r, err := runFloor(ctx, cfg, false); err != nil {
+				rep.fail("floor-noconfirm", err)
+			} else {
+				noconfs = append(noconfs, r)
 				progress("  %s", r)
 			}
 		}
@@ -283,6 +298,7 @@ func bench(ctx context.Context, cfg *config) (*report, error) {
 			if q, err := runCeiling(ctx, cfg, cfg.ceilingN); err != nil {
 				rep.fail("ceiling", err)
 			} else {
+				ceiling = q
 				ceilings = append(ceilings, q)
 				progress("  %.0f queues/s", q)
 			}
@@ -293,10 +309,18 @@ func bench(ctx context.Context, cfg *config) (*report, error) {
 			if err != nil {
 				rep.fail("pertask", err)
 			} else {
+				pertask = r
 				pertasks = append(pertasks, r)
 				rep.channelsPerTask = ch
 				progress("  %s", r)
 			}
+		}
+		if floor.OK && shared.OK {
+			rep.roundRatios.sharedVsFloor = append(rep.roundRatios.sharedVsFloor, shared.PerS/floor.PerS)
+			rep.roundRatios.sharedP50VsFloor = append(rep.roundRatios.sharedP50VsFloor, shared.P50/floor.P50)
+		}
+		if pertask.OK && ceiling > 0 {
+			rep.roundRatios.pertaskVsCeiling = append(rep.roundRatios.pertaskVsCeiling, pertask.PerS/ceiling)
 		}
 	}
 	rep.floor, rep.floorNoConfirm = median(floors), median(noconfs)
@@ -373,6 +397,20 @@ func ratio(a, b float64, ok bool) any {
 	return round3(a / b)
 }
 
+// medianRatio is the median of the per-round ratios, or nil without any.
+func medianRatio(rs []float64) any {
+	if len(rs) == 0 {
+		return nil
+	}
+	s := append([]float64(nil), rs...)
+	sort.Float64s(s)
+	m := s[len(s)/2]
+	if len(s)%2 == 0 {
+		m = (s[len(s)/2-1] + s[len(s)/2]) / 2
+	}
+	return round3(m)
+}
+
 func round3(f float64) float64 { return math.Round(f*1000) / 1000 }
 
 func num(r modeResult, f float64) any {
@@ -405,9 +443,9 @@ func (r *report) jsonObject() map[string]any {
 		"python_p50_ms":            num(r.python, r.python.P50),
 		"python_p99_ms":            num(r.python, r.python.P99),
 		"queue_ceiling_per_s":      nil,
-		"shared_vs_floor":          ratio(r.shared.PerS, r.floor.PerS, r.shared.OK && r.floor.OK),
-		"pertask_vs_ceiling":       ratio(r.pertask.PerS, r.ceiling, r.pertask.OK && r.ceilingOK),
-		"shared_p50_vs_floor_p50":  ratio(r.shared.P50, r.floor.P50, r.shared.OK && r.floor.OK),
+		"shared_vs_floor":          medianRatio(r.roundRatios.sharedVsFloor),
+		"pertask_vs_ceiling":       medianRatio(r.roundRatios.pertaskVsCeiling),
+		"shared_p50_vs_floor_p50":  medianRatio(r.roundRatios.sharedP50VsFloor),
 		"shared_vs_python":         ratio(r.shared.PerS, r.python.PerS, r.shared.OK && r.python.OK),
 		"floor_vs_python":          ratio(r.floor.PerS, r.python.PerS, r.floor.OK && r.python.OK),
 		"pending100k_rss_mb":       nil,
