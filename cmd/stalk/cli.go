@@ -129,7 +129,7 @@ func run(ctx context.Context, args []string, e *env) int {
 			if err != nil {
 				if ctx.Err() != nil && !errors.Is(err, errHelp) {
 					if _, ok := err.(exitCode); !ok {
-						fmt.Fprintln(e.stderr, "stalk: interrupted")
+						fmt.Fprintf(e.stderr, "stalk %s: interrupted\n", name)
 						return exitInterrupted
 					}
 				}
