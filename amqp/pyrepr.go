@@ -1,6 +1,7 @@
 package amqp
 
 import (
+	"encoding/json"
 	"fmt"
 	"math/big"
 	"reflect"
@@ -65,6 +66,8 @@ func pyRepr(b *strings.Builder, v any, depth int) {
 	case string:
 		pyString(b, t)
 	case *big.Int:
+		b.WriteString(t.String())
+	case json.Number:
 		b.WriteString(t.String())
 	case fmt.Stringer:
 		pyString(b, t.String())

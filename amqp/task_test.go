@@ -172,6 +172,7 @@ func TestPythonRepr(t *testing.T) {
 		{[]any{[]any{1, "a"}, map[string]any{"b": 1, "a": []int{2}}}, "([1, 'a'], {'a': [2], 'b': 1})"},
 		{[]any{b}, "(123456789012345678901234567890,)"},
 		{[]any{"line\nbreak\\"}, `('line\nbreak\\',)`},
+		{[]any{json.Number("1"), json.Number("2.5")}, "(1, 2.5)"},
 	}
 	for _, c := range cases {
 		assert.Equal(t, c.want, argsRepr(c.args))

@@ -34,6 +34,8 @@ type Envelope struct {
 
 // DecodeJSON decodes Celery JSON into Go values:
 //
+//   - Python's NaN, Infinity and -Infinity, which Celery's JSON may
+//     contain, become float64 NaN and infinities;
 //   - objects become map[string]any and arrays []any;
 //   - integers become int64, or *big.Int when they do not fit, so no
 //     integer is ever rounded through float64; other numbers become
@@ -44,6 +46,19 @@ type Envelope struct {
 //
 // The raw JSON stays available to callers that kept it (Meta.RawResult).
 func DecodeJSON(data []byte) (any, error) {
+	v, err := decodeJSON(data)
+	if err != nil {
+		if fixed, ok := replaceNonFinite(data); ok {
+			if v2, err2 := decodeJSON(fixed); err2 == nil {
+				return v2, nil
+			}
+		}
+		return nil, err
+	}
+	return v, nil
+}
+
+func decodeJSON(data []byte) (any, error) {
 	dec := json.NewDecoder(bytes.NewReader(data))
 	dec.UseNumber()
 	var v any
@@ -60,6 +75,11 @@ func convert(v any) any {
 	switch t := v.(type) {
 	case json.Number:
 		return convertNumber(t)
+	case string:
+		if f, ok := nonFiniteValue(t); ok {
+			return f
+		}
+		return t
 	case []any:
 		for i := range t {
 			t[i] = convert(t[i])

@@ -150,7 +150,10 @@ func DecodeMeta(body []byte) (*Meta, error) {
 	}
 	var w wireMeta
 	if err := json.Unmarshal(body, &w); err != nil {
-		return nil, &DecodeError{Reason: "body is not a JSON object", Err: err}
+		fixed, ok := replaceNonFinite(body)
+		if !ok || json.Unmarshal(fixed, &w) != nil {
+			return nil, &DecodeError{Reason: "body is not a JSON object", Err: err}
+		}
 	}
 	m := &Meta{}
 	id, ok := optString(w.TaskID)

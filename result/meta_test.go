@@ -3,6 +3,7 @@ package result
 import (
 	"encoding/json"
 	"errors"
+	"math"
 	"math/big"
 	"strings"
 	"testing"
@@ -205,4 +206,17 @@ func TestTaskErrorMessageForms(t *testing.T) {
 	assert.Equal(t, "60", te.Message())
 	m := &Meta{TaskID: "y", Status: Revoked}
 	assert.Equal(t, "TaskRevokedError", m.Err().Type)
+}
+
+func TestDecodePythonNonFinite(t *testing.T) {
+	m, err := DecodeMeta([]byte(`{"task_id": "a", "status": "SUCCESS", "result": [NaN, Infinity, -Infinity, "NaN in a string", {"k": -Infinity}], "traceback": null, "children": []}`))
+	require.NoError(t, err)
+	v := m.Result.([]any)
+	assert.True(t, math.IsNaN(v[0].(float64)))
+	assert.True(t, math.IsInf(v[1].(float64), 1))
+	assert.True(t, math.IsInf(v[2].(float64), -1))
+	assert.Equal(t, "NaN in a string", v[3])
+	assert.True(t, math.IsInf(v[4].(map[string]any)["k"].(float64), -1))
+	_, err = DecodeJSON([]byte(`[NaNx]`))
+	assert.Error(t, err)
 }
