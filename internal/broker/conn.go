@@ -527,7 +527,7 @@ func classify(err error) error {
 		return Permanent(fmt.Errorf("%w (check the username and password): %w", ErrAccessRefused, err))
 	}
 	if errors.Is(err, amqp091.ErrVhost) {
-		return Permanent(fmt.Errorf("%w (the vhost does not exist or the user may not open it): %w", ErrAccessRefused, err))
+		return Permanent(fmt.Errorf("%w (the vhost does not exist, or the user has no permissions on it): %w", ErrAccessRefused, err))
 	}
 	var ae *amqp091.Error
 	if errors.As(err, &ae) {
