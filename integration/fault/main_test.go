@@ -1,0 +1,219 @@
+// Package fault injects faults into a real RabbitMQ with real Celery
+// workers running: killed connections, broker restarts, a worker killed
+// mid-task, deleted reply queues, malformed and orphan result messages, a
+// memory alarm, TLS and refused credentials. It takes the broker lock
+// exclusively, so no other broker test package runs beside it.
+package fault
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"os"
+	"regexp"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	amqp091 "github.com/rabbitmq/amqp091-go"
+	"github.com/rs/zerolog"
+	"github.com/stretchr/testify/require"
+
+	"github.com/stalk-dev/stalk/amqp"
+	"github.com/stalk-dev/stalk/integration/harness"
+)
+
+// Queues consumed by the workers started in TestMain.
+var (
+	transientQ string // results published transient (Celery's default)
+	persistQ   string // results published persistent (result_persistent=True)
+	lateQ      string // two single-process workers with prefetch 1, for acks_late
+	lateW      []*harness.Worker
+	// Workers of their own for long tasks, so that they never hold up the
+	// short ones: transient and persistent results.
+	transientSlowQ, persistSlowQ string
+)
+
+func TestMain(m *testing.M) {
+	os.Exit(harness.Main(m, harness.Exclusive, func() error {
+		transientQ = harness.Name("fault-t")
+		persistQ = harness.Name("fault-p")
+		lateQ = harness.Name("fault-late")
+		if _, err := harness.StartWorker(harness.WorkerConfig{Queue: transientQ, Concurrency: 4}); err != nil {
+			return err
+		}
+		if _, err := harness.StartWorker(harness.WorkerConfig{Queue: persistQ, Concurrency: 2,
+			Env: map[string]string{"STALK_RESULT_PERSISTENT": "1"}}); err != nil {
+			return err
+		}
+		transientSlowQ = harness.Name("fault-ts")
+		persistSlowQ = harness.Name("fault-ps")
+		if _, err := harness.StartWorker(harness.WorkerConfig{Queue: transientSlowQ, Concurrency: 2}); err != nil {
+			return err
+		}
+		if _, err := harness.StartWorker(harness.WorkerConfig{Queue: persistSlowQ, Concurrency: 2,
+			Env: map[string]string{"STALK_RESULT_PERSISTENT": "1"}}); err != nil {
+			return err
+		}
+		for range 2 {
+			w, err := harness.StartWorker(harness.WorkerConfig{Queue: lateQ, Concurrency: 1,
+				Env: map[string]string{"STALK_PREFETCH": "1"}})
+			if err != nil {
+				return err
+			}
+			lateW = append(lateW, w)
+		}
+		return nil
+	}))
+}
+
+var modes = []amqp.ReplyMode{amqp.PerTask, amqp.Shared}
+
+// logBuf collects a client's log lines for the test to inspect, and
+// forwards warnings and errors to t.Log.
+type logBuf struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *logBuf) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *logBuf) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}
+
+// dial connects a client named after the test, sending to transientQ unless
+// opts say otherwise. Its connections are named <name>-results and
+// <name>-publish.
+func dial(t testing.TB, name string, opts ...amqp.Option) *amqp.Client {
+	t.Helper()
+	return dialURL(t, harness.BrokerURL(), name, opts...)
+}
+
+// dialURL is dial to another broker URL (a proxy).
+func dialURL(t testing.TB, brokerURL, name string, opts ...amqp.Option) *amqp.Client {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	base := []amqp.Option{
+		amqp.WithDefaultQueue(transientQ),
+		amqp.WithResultExpires(5 * time.Minute),
+		amqp.WithConnectionName(name),
+		amqp.WithLogger(zerolog.New(zerolog.NewTestWriter(t)).Level(zerolog.WarnLevel)),
+	}
+	c, err := amqp.Dial(ctx, brokerURL, append(base, opts...)...)
+	require.NoError(t, err, "dial")
+	t.Cleanup(func() { c.Close() })
+	return c
+}
+
+var pidRE = regexp.MustCompile(`^<[^>]+>`)
+
+// connPids returns the Erlang pids of the broker connections whose
+// connection_name is one of names.
+func connPids(t testing.TB, names ...string) []string {
+	t.Helper()
+	out, err := harness.Rabbitmqctl("list_connections", "-q", "--no-table-headers", "pid", "client_properties")
+	require.NoError(t, err, "list_connections: %s", out)
+	var pids []string
+	for _, line := range strings.Split(out, "\n") {
+		for _, name := range names {
+			if !strings.Contains(line, `"`+name+`"`) {
+				continue
+			}
+			if p := pidRE.FindString(strings.TrimSpace(line)); p != "" {
+				pids = append(pids, p)
+			}
+		}
+	}
+	return pids
+}
+
+// closeConns closes, broker side and at the same time, the connections
+// named names. It returns how many it closed.
+func closeConns(t testing.TB, names ...string) int {
+	t.Helper()
+	pids := connPids(t, names...)
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	n := 0
+	for _, pid := range pids {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			out, err := harness.Rabbitmqctl("close_connection", pid, "stalk fault test")
+			if err != nil {
+				t.Logf("close_connection %s: %v: %s", pid, err, out)
+				return
+			}
+			mu.Lock()
+			n++
+			mu.Unlock()
+		}()
+	}
+	wg.Wait()
+	return n
+}
+
+// rawConn opens a plain amqp091 connection, for injecting messages and
+// deleting queues behind the client's back.
+func rawConn(t testing.TB) *amqp091.Connection {
+	t.Helper()
+	conn, err := amqp091.DialConfig(harness.BrokerURL(), amqp091.Config{Dial: amqp091.DefaultDial(10 * time.Second)})
+	require.NoError(t, err)
+	t.Cleanup(func() { _ = conn.Close() })
+	return conn
+}
+
+// brokerUp waits until the broker accepts AMQP connections again.
+func brokerUp(d time.Duration) error {
+	deadline := time.Now().Add(d)
+	for {
+		err := harness.Reachable(2 * time.Second)
+		if err == nil {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("broker not up after %s: %w", d, err)
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+}
+
+// restartGuard makes sure the broker app is running again when the test
+// ends, whatever happened. Call it before stop_app.
+func restartGuard(t testing.TB) {
+	t.Cleanup(func() {
+		if err := harness.Reachable(2 * time.Second); err == nil {
+			return
+		}
+		out, err := harness.Rabbitmqctl("start_app")
+		if err != nil {
+			t.Errorf("cleanup start_app: %v: %s", err, out)
+		}
+		if err := brokerUp(60 * time.Second); err != nil {
+			t.Errorf("cleanup: %v", err)
+		}
+	})
+}
+
+// notes appends a section to /tmp/fault-notes.md for the lead.
+var notesMu sync.Mutex
+
+func note(format string, args ...any) {
+	notesMu.Lock()
+	defer notesMu.Unlock()
+	f, err := os.OpenFile("/tmp/fault-notes.md", os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o644)
+	if err != nil {
+		return
+	}
+	defer f.Close()
+	fmt.Fprintf(f, format+"\n", args...)
+}
