@@ -98,6 +98,8 @@ func FuzzDecodeJSON(f *testing.F) {
 		f.Add(b)
 	}
 	f.Add([]byte(`{"__type__": "decimal", "__value__": "1.000000000000000000001"}`))
+	f.Add([]byte(`{"__type__": "decimal", "__value__": "NaN"}`))
+	f.Add([]byte(`{"__type__": "decimal", "__value__": "00"}`))
 	f.Add([]byte(`{"__type__": "uuid", "__value__": "not-a-uuid"}`))
 	f.Add([]byte(`{"__type__": "date", "__value__": 7}`))
 	f.Add([]byte(`{"__type__": "time", "__value__": "12:00:00"}`))

@@ -206,7 +206,12 @@ func toJSONCompatible(v any) any {
 	case *big.Int:
 		return json.Number(t.String())
 	case Decimal:
-		return json.Number(string(t))
+		// Python's Decimal also has NaN, Infinity and sNaN, which JSON
+		// numbers cannot carry: keep those as strings.
+		if _, err := json.Marshal(json.Number(t)); err == nil {
+			return json.Number(string(t))
+		}
+		return string(t)
 	case Date:
 		return t.Format("2006-01-02")
 	case TimeOfDay:
