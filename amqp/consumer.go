@@ -51,10 +51,11 @@ type counters struct {
 }
 
 type lane struct {
-	idx int
-	mu  sync.Mutex
-	ch  *amqp091.Channel
-	gen uint64
+	idx  int
+	mu   sync.Mutex
+	ch   *amqp091.Channel
+	conn *amqp091.Connection // the connection ch belongs to
+	gen  uint64
 }
 
 // follow is one per-task reply queue consumer.
@@ -138,7 +139,7 @@ func (c *consumer) hook(ctx context.Context, conn *amqp091.Connection) error {
 		}
 		c.watchCancels(ch)
 		l.mu.Lock()
-		l.ch, l.gen = ch, gen
+		l.ch, l.conn, l.gen = ch, conn, gen
 		l.mu.Unlock()
 	}
 	c.fmu.Lock()
@@ -341,8 +342,22 @@ func (c *consumer) followOn(l *lane, e *result.Entry, gen uint64) error {
 		return nil
 	}
 	q := c.queueName(id)
-	if _, err := l.ch.QueueDeclare(q, true, false, false, false, c.queueArgs()); err != nil {
-		return err
+	declare := true
+	if _, sent := e.SendInfo(); !sent {
+		// Attaching to a task another client sent: its queue may exist
+		// with another lifetime, and declaring it with ours would fail
+		// (406) and take the lane's channel down. Look first, on a
+		// throwaway channel.
+		exists, err := queueExists(l.conn, q)
+		if err != nil {
+			return err
+		}
+		declare = !exists
+	}
+	if declare {
+		if _, err := l.ch.QueueDeclare(q, true, false, false, false, c.queueArgs()); err != nil {
+			return err
+		}
 	}
 	f := &follow{id: id, queue: q, tag: "stalk-" + id, lane: l, gen: gen}
 	deliveries, err := l.ch.Consume(q, f.tag, false, false, false, false, nil)
@@ -364,6 +379,27 @@ func (c *consumer) followOn(l *lane, e *result.Entry, gen uint64) error {
 		}
 	}()
 	return nil
+}
+
+// queueExists checks for q with a passive declare on a throwaway channel
+// (a missing queue closes the channel it is asked on).
+func queueExists(conn *amqp091.Connection, q string) (bool, error) {
+	if conn == nil {
+		return false, amqp091.ErrClosed
+	}
+	ch, err := conn.Channel()
+	if err != nil {
+		return false, err
+	}
+	defer ch.Close()
+	if _, err := ch.QueueDeclarePassive(q, true, false, false, false, nil); err != nil {
+		var ae *amqp091.Error
+		if errors.As(err, &ae) && ae.Code == amqp091.NotFound {
+			return false, nil
+		}
+		return false, err
+	}
+	return true, nil
 }
 
 // unfollow cancels f's consumer (once) and then requeues d, if given, so

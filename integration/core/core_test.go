@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"math/big"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -367,4 +368,30 @@ func TestSendBadArguments(t *testing.T) {
 	_, err = c.Send(ctx, "tasks.add", amqp.Priority(300))
 	require.ErrorContains(t, err, "priority")
 	assert.Zero(t, c.Stats().Pending, "nothing registered for rejected sends")
+}
+
+// Attaching from a client configured with another result lifetime reads
+// the existing queue instead of failing to redeclare it.
+func TestSendAttachOtherLifetime(t *testing.T) {
+	ctx := harness.Ctx(t, 30*time.Second)
+	a := dial(t)
+	r, err := a.Send(ctx, "tasks.add", amqp.Args(4, 4))
+	require.NoError(t, err)
+	_, err = r.Get(ctx)
+	require.NoError(t, err)
+	b := dial(t, amqp.WithResultExpires(3*time.Hour))
+	v, err := b.AsyncResult(r.ID()).Get(ctx)
+	require.NoError(t, err)
+	assert.Equal(t, int64(8), v)
+	assert.Zero(t, b.Stats().Reconnects, "no channel error, no reconnect")
+	// A task nobody sent yet gets its queue declared, so a later result
+	// is not dropped.
+	id := "stalk-test-" + harness.RunID + "-future"
+	fut := b.AsyncResult(id)
+	_ = fut.State()
+	require.Eventually(t, func() bool {
+		ok, err := harness.Rabbitmqctl("list_queues", "name")
+		return err == nil && strings.Contains(ok, "stalk.reply."+id)
+	}, 10*time.Second, 100*time.Millisecond)
+	require.NoError(t, fut.Forget(ctx))
 }
