@@ -74,6 +74,7 @@ type config struct {
 	pertaskN       int
 	rounds         int
 	ceilingExpires time.Duration
+	partTimeout    time.Duration
 	modes          map[string]bool
 	jsonOut        bool
 	smoke          bool
@@ -141,12 +142,16 @@ func run() int {
 	flag.IntVar(&cfg.workerPrefetch, "worker-prefetch", 256, "echo worker prefetch per channel")
 	flag.BoolVar(&cfg.jsonOut, "json", false, "print one JSON object on the last line")
 	flag.BoolVar(&cfg.smoke, "smoke", false, "tiny N of every mode; exit non-zero if any part fails")
+	flag.DurationVar(&cfg.partTimeout, "timeout", 5*time.Minute, "limit for each part of the run (one mode in one round)")
 	cpuprofile := flag.String("cpuprofile", "", "write a CPU profile of the whole run (client, floor and echo worker) to this file")
 	flag.Parse()
 	cfg.ceilingExpires = 30 * time.Second
 
 	if cfg.smoke {
 		cfg.n, cfg.seq, cfg.pyN, cfg.ceilingN, cfg.pertaskN, cfg.pending, cfg.rounds = 200, 50, 100, 200, 200, 2000, 1
+		if cfg.partTimeout > 2*time.Minute {
+			cfg.partTimeout = 2 * time.Minute
+		}
 		if cfg.window > 32 {
 			cfg.window = 32
 		}
@@ -238,6 +243,7 @@ func (r *report) fail(part string, err error) {
 func bench(ctx context.Context, cfg *config) (*report, error) {
 	rep := &report{}
 	needWorker := cfg.modes["floor"] || cfg.modes["shared"] || cfg.modes["pertask"] || cfg.modes["python"]
+	var worker *echoworker.Worker
 	if needWorker {
 		sctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 		w, err := echoworker.Start(sctx, echoworker.Config{
@@ -250,6 +256,20 @@ func bench(ctx context.Context, cfg *config) (*report, error) {
 		}
 		defer deleteQueue(cfg, cfg.taskQueue)
 		defer w.Stop()
+		worker = w
+	}
+	// part bounds one part of the run, so that a broker that goes away
+	// (stalk waits for it to come back) fails that part instead of hanging.
+	var cancels []context.CancelFunc
+	defer func() {
+		for _, c := range cancels {
+			c()
+		}
+	}()
+	part := func() context.Context {
+		pctx, cancel := context.WithTimeout(ctx, cfg.partTimeout)
+		cancels = append(cancels, cancel)
+		return pctx
 	}
 	progress := func(format string, a ...any) {
 		fmt.Fprintf(os.Stderr, "bench: "+format+"\n", a...)
@@ -264,7 +284,7 @@ func bench(ctx context.Context, cfg *config) (*report, error) {
 		ceiling := 0.0
 		if cfg.modes["floor"] {
 			progress("floor (confirms), round %d", round+1)
-			if r, err := runFloor(ctx, cfg, true); err != nil {
+			if r, err := runFloor(part(), cfg, true); err != nil {
 				rep.fail("floor", err)
 			} else {
 				floor = r
@@ -274,7 +294,7 @@ func bench(ctx context.Context, cfg *config) (*report, error) {
 		}
 		if cfg.modes["shared"] {
 			progress("stalk shared, round %d", round+1)
-			r, ch, err := runStalk(ctx, cfg, "shared", cfg.n)
+			r, ch, err := runStalk(part(), cfg, "shared", cfg.n)
 			if err != nil {
 				rep.fail("shared", err)
 			} else {
@@ -286,7 +306,7 @@ func bench(ctx context.Context, cfg *config) (*report, error) {
 		}
 		if cfg.modes["floor"] {
 			progress("floor (no confirms), round %d", round+1)
-			if r, err := runFloor(ctx, cfg, false); err != nil {
+			if r, err := runFloor(part(), cfg, false); err != nil {
 				rep.fail("floor-noconfirm", err)
 			} else {
 				noconfs = append(noconfs, r)
@@ -295,7 +315,7 @@ func bench(ctx context.Context, cfg *config) (*report, error) {
 		}
 		if cfg.modes["ceiling"] {
 			progress("queue ceiling (%d lanes), round %d", cfg.lanes, round+1)
-			if q, err := runCeiling(ctx, cfg, cfg.ceilingN); err != nil {
+			if q, err := runCeiling(part(), cfg, cfg.ceilingN); err != nil {
 				rep.fail("ceiling", err)
 			} else {
 				ceiling = q
@@ -305,7 +325,7 @@ func bench(ctx context.Context, cfg *config) (*report, error) {
 		}
 		if cfg.modes["pertask"] {
 			progress("stalk per-task (%d lanes), round %d", cfg.lanes, round+1)
-			r, ch, err := runStalk(ctx, cfg, "pertask", cfg.pertaskN)
+			r, ch, err := runStalk(part(), cfg, "pertask", cfg.pertaskN)
 			if err != nil {
 				rep.fail("pertask", err)
 			} else {
@@ -332,7 +352,7 @@ func bench(ctx context.Context, cfg *config) (*report, error) {
 
 	if cfg.modes["python"] && ctx.Err() == nil {
 		progress("python celery client")
-		r, err := runPython(ctx, cfg, cfg.pyN)
+		r, err := runPython(part(), cfg, cfg.pyN)
 		switch {
 		case errors.Is(err, errNoPython):
 			rep.pythonMissing = err.Error()
@@ -345,7 +365,7 @@ func bench(ctx context.Context, cfg *config) (*report, error) {
 	}
 	if cfg.modes["memory"] && ctx.Err() == nil {
 		progress("memory: %d pending results in a child process", cfg.pending)
-		p, err := runPendingChild(ctx, cfg)
+		p, err := runPendingChild(part(), cfg)
 		switch {
 		case err != nil:
 			rep.fail("memory", err)
@@ -355,7 +375,7 @@ func bench(ctx context.Context, cfg *config) (*report, error) {
 			rep.pending = p
 		}
 		progress("channels in per-task mode with pending results")
-		idle, ch, n, err := pertaskChannels(ctx, cfg)
+		idle, ch, n, err := pertaskChannels(part(), cfg)
 		switch {
 		case err != nil:
 			rep.fail("channels-pertask", err)
@@ -364,6 +384,9 @@ func bench(ctx context.Context, cfg *config) (*report, error) {
 		default:
 			rep.channelsPerTask, rep.channelsPerTaskIdle, rep.channelsPerTaskPending = &ch, idle, n
 		}
+	}
+	if worker != nil && worker.Err() != nil {
+		rep.fail("echoworker", worker.Err())
 	}
 	if err := ctx.Err(); err != nil {
 		return rep, err
