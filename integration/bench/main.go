@@ -105,7 +105,8 @@ type modeResult struct {
 	CPUus float64
 	// Stalls counts Python gets that took 0.5 s or more (Celery's rpc
 	// backend sometimes waits out its 1 s drain timeout).
-	Stalls int
+	Stalls      int
+	NoStallPerS float64 // throughput with the stalls' time taken out
 }
 
 func (r modeResult) String() string {
@@ -445,38 +446,40 @@ func num(r modeResult, f float64) any {
 
 func (r *report) jsonObject() map[string]any {
 	o := map[string]any{
-		"floor_per_s":              num(r.floor, r.floor.PerS),
-		"floor_p50_ms":             num(r.floor, r.floor.P50),
-		"floor_p99_ms":             num(r.floor, r.floor.P99),
-		"floor_noconfirm_per_s":    num(r.floorNoConfirm, r.floorNoConfirm.PerS),
-		"floor_noconfirm_p50_ms":   num(r.floorNoConfirm, r.floorNoConfirm.P50),
-		"floor_noconfirm_p99_ms":   num(r.floorNoConfirm, r.floorNoConfirm.P99),
-		"shared_per_s":             num(r.shared, r.shared.PerS),
-		"shared_p50_ms":            num(r.shared, r.shared.P50),
-		"shared_p99_ms":            num(r.shared, r.shared.P99),
-		"pertask_per_s":            num(r.pertask, r.pertask.PerS),
-		"pertask_p50_ms":           num(r.pertask, r.pertask.P50),
-		"pertask_p99_ms":           num(r.pertask, r.pertask.P99),
-		"floor_cpu_us_per_task":    num(r.floor, r.floor.CPUus),
-		"shared_cpu_us_per_task":   num(r.shared, r.shared.CPUus),
-		"pertask_cpu_us_per_task":  num(r.pertask, r.pertask.CPUus),
-		"python_cpu_us_per_task":   num(r.python, r.python.CPUus),
-		"python_stalls":            num(r.python, float64(r.python.Stalls)),
-		"python_per_s":             num(r.python, r.python.PerS),
-		"python_p50_ms":            num(r.python, r.python.P50),
-		"python_p99_ms":            num(r.python, r.python.P99),
-		"queue_ceiling_per_s":      nil,
-		"shared_vs_floor":          medianRatio(r.roundRatios.sharedVsFloor),
-		"pertask_vs_ceiling":       medianRatio(r.roundRatios.pertaskVsCeiling),
-		"shared_p50_vs_floor_p50":  medianRatio(r.roundRatios.sharedP50VsFloor),
-		"shared_vs_python":         ratio(r.shared.PerS, r.python.PerS, r.shared.OK && r.python.OK),
-		"floor_vs_python":          ratio(r.floor.PerS, r.python.PerS, r.floor.OK && r.python.OK),
-		"pending100k_rss_mb":       nil,
-		"pending_count":            nil,
-		"channels_shared":          nil,
-		"channels_pertask":         nil,
-		"channels_pertask_pending": nil,
-		"failures":                 append([]string{}, r.failures...),
+		"floor_per_s":                     num(r.floor, r.floor.PerS),
+		"floor_p50_ms":                    num(r.floor, r.floor.P50),
+		"floor_p99_ms":                    num(r.floor, r.floor.P99),
+		"floor_noconfirm_per_s":           num(r.floorNoConfirm, r.floorNoConfirm.PerS),
+		"floor_noconfirm_p50_ms":          num(r.floorNoConfirm, r.floorNoConfirm.P50),
+		"floor_noconfirm_p99_ms":          num(r.floorNoConfirm, r.floorNoConfirm.P99),
+		"shared_per_s":                    num(r.shared, r.shared.PerS),
+		"shared_p50_ms":                   num(r.shared, r.shared.P50),
+		"shared_p99_ms":                   num(r.shared, r.shared.P99),
+		"pertask_per_s":                   num(r.pertask, r.pertask.PerS),
+		"pertask_p50_ms":                  num(r.pertask, r.pertask.P50),
+		"pertask_p99_ms":                  num(r.pertask, r.pertask.P99),
+		"floor_cpu_us_per_task":           num(r.floor, r.floor.CPUus),
+		"shared_cpu_us_per_task":          num(r.shared, r.shared.CPUus),
+		"pertask_cpu_us_per_task":         num(r.pertask, r.pertask.CPUus),
+		"python_cpu_us_per_task":          num(r.python, r.python.CPUus),
+		"python_stalls":                   num(r.python, float64(r.python.Stalls)),
+		"python_per_s_without_stalls":     num(r.python, r.python.NoStallPerS),
+		"shared_vs_python_without_stalls": ratio(r.shared.PerS, r.python.NoStallPerS, r.shared.OK && r.python.OK),
+		"python_per_s":                    num(r.python, r.python.PerS),
+		"python_p50_ms":                   num(r.python, r.python.P50),
+		"python_p99_ms":                   num(r.python, r.python.P99),
+		"queue_ceiling_per_s":             nil,
+		"shared_vs_floor":                 medianRatio(r.roundRatios.sharedVsFloor),
+		"pertask_vs_ceiling":              medianRatio(r.roundRatios.pertaskVsCeiling),
+		"shared_p50_vs_floor_p50":         medianRatio(r.roundRatios.sharedP50VsFloor),
+		"shared_vs_python":                ratio(r.shared.PerS, r.python.PerS, r.shared.OK && r.python.OK),
+		"floor_vs_python":                 ratio(r.floor.PerS, r.python.PerS, r.floor.OK && r.python.OK),
+		"pending100k_rss_mb":              nil,
+		"pending_count":                   nil,
+		"channels_shared":                 nil,
+		"channels_pertask":                nil,
+		"channels_pertask_pending":        nil,
+		"failures":                        append([]string{}, r.failures...),
 	}
 	if r.ceilingOK {
 		o["queue_ceiling_per_s"] = round3(r.ceiling)
@@ -557,8 +560,9 @@ func (r *report) print(out io.Writer, cfg *config) {
 	if r.pythonMissing != "" {
 		fmt.Fprintf(out, "python: not measured: %s\n", r.pythonMissing)
 	}
-	if r.python.OK && r.python.Stalls > 0 {
-		fmt.Fprintf(out, "python: %d get() calls in the throughput run took 0.5 s or more (the rpc backend waiting out its 1 s drain timeout); they are part of its number\n", r.python.Stalls)
+	if r.python.OK && r.python.Stalls > 0 && r.shared.OK {
+		fmt.Fprintf(out, "python: %d get() calls in the throughput run took 0.5 s or more (the rpc backend waiting out its 1 s drain timeout); they are part of its number. Without them: %.0f/s, stalk shared %.2f× that\n",
+			r.python.Stalls, r.python.NoStallPerS, r.shared.PerS/r.python.NoStallPerS)
 	}
 	if p := r.pending; p != nil {
 		fmt.Fprintf(out, "memory: %d pending results (shared mode): RSS %.1f MB (%.1f MB before sending; Go heap in use %.1f MB)\n",

@@ -61,16 +61,17 @@ func runPython(ctx context.Context, cfg *config, n int) (modeResult, error) {
 	}
 	lines := strings.Split(strings.TrimSpace(string(out)), "\n")
 	var r struct {
-		PerS   float64 `json:"per_s"`
-		P50    float64 `json:"p50_ms"`
-		P99    float64 `json:"p99_ms"`
-		CPU    float64 `json:"cpu_us_per_task"`
-		Stalls int     `json:"stalls"`
+		PerS    float64 `json:"per_s"`
+		P50     float64 `json:"p50_ms"`
+		P99     float64 `json:"p99_ms"`
+		CPU     float64 `json:"cpu_us_per_task"`
+		Stalls  int     `json:"stalls"`
+		NoStall float64 `json:"per_s_without_stalls"`
 	}
 	if err := json.Unmarshal([]byte(lines[len(lines)-1]), &r); err != nil {
 		return modeResult{}, fmt.Errorf("pyclient output %q: %w", lines[len(lines)-1], err)
 	}
-	return modeResult{OK: true, PerS: r.PerS, P50: r.P50, P99: r.P99, CPUus: r.CPU, Stalls: r.Stalls}, nil
+	return modeResult{OK: true, PerS: r.PerS, P50: r.P50, P99: r.P99, CPUus: r.CPU, Stalls: r.Stalls, NoStallPerS: r.NoStall}, nil
 }
 
 // celeryURL turns amqp://h:p/ (the default vhost) into kombu's amqp://h:p//.
