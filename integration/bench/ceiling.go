@@ -17,10 +17,10 @@ import (
 // task. Like stalk's per-task reply queues, the queues are not deleted in
 // the timed part: they would expire (x-expires cfg.ceilingExpires), and are
 // deleted after the timed part, untimed. It returns queues/s.
-func runCeiling(ctx context.Context, cfg *config, n int) (float64, error) {
+func runCeiling(ctx context.Context, cfg *config, n int) (perS, cpuUs float64, err error) {
 	conn, err := dial(cfg.url, cfg.prefix+" ceiling")
 	if err != nil {
-		return 0, err
+		return 0, 0, err
 	}
 	defer conn.Close()
 	lanes := cfg.lanes
@@ -30,7 +30,7 @@ func runCeiling(ctx context.Context, cfg *config, n int) (float64, error) {
 	chans := make([]*amqp091.Channel, lanes)
 	for i := range chans {
 		if chans[i], err = conn.Channel(); err != nil {
-			return 0, err
+			return 0, 0, err
 		}
 	}
 	args := amqp091.Table{"x-expires": int32(cfg.ceilingExpires / time.Millisecond)}
@@ -38,6 +38,7 @@ func runCeiling(ctx context.Context, cfg *config, n int) (float64, error) {
 	var next atomic.Int64
 	errc := make(chan error, lanes)
 	var wg sync.WaitGroup
+	cpu0 := processCPU()
 	start := time.Now()
 	for l := 0; l < lanes; l++ {
 		wg.Add(1)
@@ -68,18 +69,19 @@ func runCeiling(ctx context.Context, cfg *config, n int) (float64, error) {
 	}
 	wg.Wait()
 	el := time.Since(start)
+	cpuUs = float64((processCPU() - cpu0).Microseconds()) / float64(n)
 	// Untimed clean-up, so that the broker does not hold the queues until
 	// they expire.
 	deleteQueues(chans, names)
 	select {
 	case err := <-errc:
-		return 0, err
+		return 0, 0, err
 	default:
 	}
 	if err := ctx.Err(); err != nil {
-		return 0, err
+		return 0, 0, err
 	}
-	return float64(n) / el.Seconds(), nil
+	return float64(n) / el.Seconds(), cpuUs, nil
 }
 
 // deleteQueues deletes the named queues using the given channels, with

@@ -223,6 +223,7 @@ type report struct {
 	floor, floorNoConfirm, shared, pertask, python modeResult
 	ceiling                                        float64
 	ceilingOK                                      bool
+	ceilingCPU                                     float64 // µs per queue, median
 	pythonMissing                                  string
 	pending                                        *pendingReport
 	channelsShared, channelsPerTask                *int
@@ -277,7 +278,7 @@ func bench(ctx context.Context, cfg *config) (*report, error) {
 	}
 
 	var floors, noconfs, shareds, pertasks []modeResult
-	var ceilings []float64
+	var ceilings, ceilingCPU []float64
 	for round := 0; round < cfg.rounds && ctx.Err() == nil; round++ {
 		// Floor and shared run back to back, and so do the ceiling and
 		// per-task, so that each pair sees the same machine.
@@ -316,12 +317,13 @@ func bench(ctx context.Context, cfg *config) (*report, error) {
 		}
 		if cfg.modes["ceiling"] {
 			progress("queue ceiling (%d lanes), round %d", cfg.lanes, round+1)
-			if q, err := runCeiling(part(), cfg, cfg.ceilingN); err != nil {
+			if q, cpu, err := runCeiling(part(), cfg, cfg.ceilingN); err != nil {
 				rep.fail("ceiling", err)
 			} else {
 				ceiling = q
 				ceilings = append(ceilings, q)
-				progress("  %.0f queues/s", q)
+				ceilingCPU = append(ceilingCPU, cpu)
+				progress("  %.0f queues/s, %.1f µs CPU per queue", q, cpu)
 			}
 		}
 		if cfg.modes["pertask"] {
@@ -348,7 +350,9 @@ func bench(ctx context.Context, cfg *config) (*report, error) {
 	rep.shared, rep.pertask = median(shareds), median(pertasks)
 	if len(ceilings) > 0 {
 		sort.Float64s(ceilings)
+		sort.Float64s(ceilingCPU)
 		rep.ceiling, rep.ceilingOK = ceilings[len(ceilings)/2], true
+		rep.ceilingCPU = ceilingCPU[len(ceilingCPU)/2]
 	}
 
 	if cfg.modes["python"] && ctx.Err() == nil {
@@ -483,6 +487,7 @@ func (r *report) jsonObject() map[string]any {
 	}
 	if r.ceilingOK {
 		o["queue_ceiling_per_s"] = round3(r.ceiling)
+		o["queue_ceiling_cpu_us_per_queue"] = round3(r.ceilingCPU)
 	}
 	if p := r.pending; p != nil {
 		o["pending100k_rss_mb"] = round3(p.RSSMB)
@@ -546,7 +551,7 @@ func (r *report) print(out io.Writer, cfg *config) {
 	row("floor without confirms (info)", r.floorNoConfirm, "")
 	row("stalk shared", r.shared, f("shared_vs_floor", "floor")+"  p50 "+f("shared_p50_vs_floor_p50", "floor"))
 	if r.ceilingOK {
-		fmt.Fprintf(tw, "queue ceiling (%d channels)\t%.0f\t\t\t\t\t\n", cfg.lanes, r.ceiling)
+		fmt.Fprintf(tw, "queue ceiling (%d channels)\t%.0f\t\t\t%.1f\t\t\n", cfg.lanes, r.ceiling, r.ceilingCPU)
 	}
 	row("stalk per-task", r.pertask, f("pertask_vs_ceiling", "ceiling"))
 	row("python celery (rpc://)", r.python, "")
