@@ -467,9 +467,9 @@ func (c *consumer) handle(m inbound) {
 		c.stats.orphans.Add(1)
 		c.log.Debug().Str("task_id", meta.TaskID).Str("status", string(meta.Status)).Msg("result for a task nobody is waiting on; kept in the cache")
 	}
-	switch e.Deliver(meta) {
+	settled := func() { c.noteEvicted(c.reg.settled(meta.TaskID)) }
+	switch e.DeliverWith(meta, settled) {
 	case result.Settled:
-		c.noteEvicted(c.reg.settled(meta.TaskID))
 	case result.Duplicate:
 		c.stats.duplicates.Add(1)
 		c.log.Debug().Str("task_id", meta.TaskID).Str("status", string(meta.Status)).Msg("duplicate final state ignored")

@@ -93,7 +93,12 @@ func (e *Entry) Promise() *promise.Promise[*Meta] { return e.p }
 // Deliver records m. States never go backwards: once a ready state has been
 // recorded, later messages are reported as Duplicate or Stale and change
 // nothing.
-func (e *Entry) Deliver(m *Meta) Outcome {
+func (e *Entry) Deliver(m *Meta) Outcome { return e.DeliverWith(m, nil) }
+
+// DeliverWith is Deliver, and calls beforeSettle, when m is the first ready
+// state, after recording it and before the promise settles: a backend moves
+// its bookkeeping there so that a waiter who wakes up sees it done.
+func (e *Entry) DeliverWith(m *Meta, beforeSettle func()) Outcome {
 	e.mu.Lock()
 	if e.latest != nil && e.latest.Status.Ready() {
 		e.mu.Unlock()
@@ -137,6 +142,9 @@ func (e *Entry) Deliver(m *Meta) Outcome {
 		s.push(m)
 	}
 	if ready {
+		if beforeSettle != nil {
+			beforeSettle()
+		}
 		e.p.Resolve(m)
 		return Settled
 	}
