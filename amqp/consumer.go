@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"hash/fnv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -36,14 +35,25 @@ type consumer struct {
 
 	// Shared mode.
 	sharedQueue string
+	sharedCh    atomic.Pointer[amqp091.Channel]
+	sharedTags  atomic.Uint64
 
 	// Per-task mode.
 	lanes   []*lane
 	fmu     sync.Mutex
 	follows map[string]*follow
 
-	stats counters
+	stats    counters
+	nextLane atomic.Uint64
+
+	// Shared mode acknowledges in batches: the last delivery not yet
+	// acknowledged, and how many are covered by it. Loop goroutine only.
+	ackLast    *amqp091.Delivery
+	ackPending int
 }
+
+// ackBatch is the most deliveries one multiple-ack covers in shared mode.
+const ackBatch = 64
 
 type counters struct {
 	received, malformed, orphans, duplicates, stale, evicted, deleted atomic.Int64
@@ -187,30 +197,38 @@ func (c *consumer) consumeShared(conn *amqp091.Connection, gen uint64) error {
 	if err := ch.Qos(c.cfg.prefetch, 0, false); err != nil {
 		return fmt.Errorf("stalk: set prefetch: %w", err)
 	}
-	if _, err := ch.QueueDeclare(c.sharedQueue, true, false, false, false, c.queueArgs()); err != nil {
-		return fmt.Errorf("stalk: declare reply queue %q: %w", c.sharedQueue, err)
-	}
 	cancels := ch.NotifyCancel(make(chan string, 1))
-	deliveries, err := ch.Consume(c.sharedQueue, fmt.Sprintf("stalk-shared-%d", gen), false, false, false, false, nil)
-	if err != nil {
-		return fmt.Errorf("stalk: consume reply queue %q: %w", c.sharedQueue, err)
-	}
-	c.wg.Add(2)
-	go func() {
-		defer c.wg.Done()
-		for d := range deliveries {
-			select {
-			case c.in <- inbound{d: d}:
-			case <-c.done:
-				return
-			}
-		}
-	}()
+	c.wg.Add(1)
 	go func() {
 		defer c.wg.Done()
 		for range cancels {
 			select {
 			case c.in <- inbound{shared: true}:
+			case <-c.done:
+				return
+			}
+		}
+	}()
+	c.sharedCh.Store(ch)
+	return c.startShared(ch)
+}
+
+// startShared declares the shared reply queue and consumes it on ch.
+func (c *consumer) startShared(ch *amqp091.Channel) error {
+	if _, err := ch.QueueDeclare(c.sharedQueue, true, false, false, false, c.queueArgs()); err != nil {
+		return fmt.Errorf("stalk: declare reply queue %q: %w", c.sharedQueue, err)
+	}
+	tag := fmt.Sprintf("stalk-shared-%d", c.sharedTags.Add(1))
+	deliveries, err := ch.Consume(c.sharedQueue, tag, false, false, false, false, nil)
+	if err != nil {
+		return fmt.Errorf("stalk: consume reply queue %q: %w", c.sharedQueue, err)
+	}
+	c.wg.Add(1)
+	go func() {
+		defer c.wg.Done()
+		for d := range deliveries {
+			select {
+			case c.in <- inbound{d: d}:
 			case <-c.done:
 				return
 			}
@@ -236,10 +254,11 @@ func (c *consumer) watchCancels(ch *amqp091.Channel) {
 	}()
 }
 
-func (c *consumer) laneFor(id string) *lane {
-	h := fnv.New32a()
-	_, _ = h.Write([]byte(id))
-	return c.lanes[h.Sum32()%uint32(len(c.lanes))]
+// laneFor picks the lane for a new reply queue consumer: round-robin, so
+// that declarations and consumers spread evenly over the lanes.
+func (c *consumer) laneFor(string) *lane {
+	n := c.nextLane.Add(1)
+	return c.lanes[n%uint64(len(c.lanes))]
 }
 
 // follow makes sure the reply queue of e exists and is consumed. In shared
@@ -409,7 +428,9 @@ func (c *consumer) unfollow(f *follow, d *amqp091.Delivery) {
 	l.mu.Lock()
 	if !f.cancelled && l.gen == f.gen && l.ch != nil {
 		f.cancelled = true
-		if err := l.ch.Cancel(f.tag, false); err != nil {
+		// No-wait: the requeue below is sent after the cancel on the same
+		// channel, so the broker has stopped this consumer by then.
+		if err := l.ch.Cancel(f.tag, true); err != nil {
 			c.log.Debug().Err(err).Str("task_id", f.id).Msg("cancel reply consumer")
 		}
 	}
@@ -430,10 +451,40 @@ func (c *consumer) loop() {
 		select {
 		case m := <-c.in:
 			c.handle(m)
+			if len(c.in) == 0 {
+				c.flushAcks()
+			}
 		case <-c.done:
 			return
 		}
 	}
+}
+
+// ack acknowledges a handled delivery. In shared mode acks are batched with
+// multiple=true (every delivery on the shared channel is acknowledged once
+// handled, so a multiple-ack never covers one that must stay); per-task
+// lanes hold final states unacknowledged, so they ack one by one.
+func (c *consumer) ack(d *amqp091.Delivery, shared bool) {
+	if !shared {
+		_ = d.Ack(false)
+		return
+	}
+	if c.ackLast != nil && c.ackLast.Acknowledger != d.Acknowledger {
+		c.flushAcks() // the channel changed (a reconnect)
+	}
+	c.ackLast = d
+	c.ackPending++
+	if c.ackPending >= ackBatch {
+		c.flushAcks()
+	}
+}
+
+func (c *consumer) flushAcks() {
+	if c.ackLast == nil {
+		return
+	}
+	_ = c.ackLast.Ack(c.ackPending > 1)
+	c.ackLast, c.ackPending = nil, 0
 }
 
 func (c *consumer) handle(m inbound) {
@@ -456,7 +507,7 @@ func (c *consumer) handle(m inbound) {
 			id = de.TaskID
 		}
 		c.log.Warn().Err(err).Str("task_id", id).Str("queue", d.RoutingKey).Int("bytes", len(d.Body)).Msg("dropping malformed result message")
-		_ = d.Ack(false)
+		c.ack(&d, m.f == nil)
 		return
 	}
 	meta.CorrelationID = d.CorrelationId
@@ -487,7 +538,7 @@ func (c *consumer) handle(m inbound) {
 		}()
 		return
 	}
-	_ = d.Ack(false)
+	c.ack(&d, m.f == nil)
 }
 
 func (c *consumer) noteEvicted(n int) {
@@ -503,13 +554,17 @@ func (c *consumer) sharedQueueDeleted() {
 	c.stats.deleted.Add(1)
 	err := fmt.Errorf("%w: %q was deleted while results were pending; they may be lost", ErrReplyQueueDeleted, c.sharedQueue)
 	c.log.Error().Str("queue", c.sharedQueue).Msg("shared reply queue deleted; failing pending results and redeclaring it")
+	// Redeclare and re-consume first, so that tasks sent from now on have
+	// a queue to be answered on; a reconnect does it if the channel died.
+	c.flushAcks()
+	if ch := c.sharedCh.Load(); ch == nil || c.startShared(ch) != nil {
+		c.conn.Reset(err)
+	}
 	for _, e := range c.reg.pendingEntries() {
 		if e.Fail(err) {
 			c.reg.drop(e.ID())
 		}
 	}
-	// Redeclare and re-consume through a reconnect.
-	c.conn.Reset(err)
 }
 
 func (c *consumer) perTaskQueueDeleted(tag string) {
