@@ -1,13 +1,9 @@
 package core
 
 import (
-	"context"
-	"fmt"
 	"os"
 	"testing"
-	"time"
 
-	"github.com/rs/zerolog"
 	"github.com/stalk-dev/stalk/amqp"
 	"github.com/stalk-dev/stalk/integration/harness"
 )
@@ -30,31 +26,13 @@ func TestMain(m *testing.M) {
 	}))
 }
 
-var modes = []amqp.ReplyMode{amqp.PerTask, amqp.Shared}
+var modes = harness.Modes
 
 // forModes runs fn once per reply mode, each with its own client.
 func forModes(t *testing.T, fn func(t *testing.T, c *amqp.Client)) {
-	for _, m := range modes {
-		t.Run(m.String(), func(t *testing.T) {
-			fn(t, dial(t, amqp.WithReplyMode(m)))
-		})
-	}
+	harness.ForModes(t, dial, fn)
 }
 
 func dial(t testing.TB, opts ...amqp.Option) *amqp.Client {
-	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-	defer cancel()
-	base := []amqp.Option{
-		amqp.WithDefaultQueue(queue),
-		amqp.WithResultExpires(10 * time.Minute),
-		amqp.WithConnectionName(fmt.Sprintf("%s-%s", harness.Name("core"), t.Name())),
-		amqp.WithLogger(zerolog.New(zerolog.NewTestWriter(t)).Level(zerolog.WarnLevel)),
-	}
-	c, err := amqp.Dial(ctx, harness.BrokerURL(), append(base, opts...)...)
-	if err != nil {
-		t.Fatalf("dial: %v", err)
-	}
-	t.Cleanup(func() { c.Close() })
-	return c
+	return harness.Dial(t, "core", queue, opts...)
 }

@@ -1,0 +1,45 @@
+package harness
+
+import (
+	"context"
+	"testing"
+	"time"
+
+	"github.com/rs/zerolog"
+
+	"github.com/stalk-dev/stalk/amqp"
+)
+
+// Modes are the reply modes every result test runs in.
+var Modes = []amqp.ReplyMode{amqp.PerTask, amqp.Shared}
+
+// Dial connects a client for test t: default queue queue, a 10 minute
+// result lifetime, connections named after the suite and the test, warnings
+// logged to t, and Close at the end of t. opts come last and win.
+func Dial(t testing.TB, suite, queue string, opts ...amqp.Option) *amqp.Client {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	base := []amqp.Option{
+		amqp.WithDefaultQueue(queue),
+		amqp.WithResultExpires(10 * time.Minute),
+		amqp.WithConnectionName(Name(suite) + "-" + t.Name()),
+		amqp.WithLogger(zerolog.New(zerolog.NewTestWriter(t)).Level(zerolog.WarnLevel)),
+	}
+	c, err := amqp.Dial(ctx, BrokerURL(), append(base, opts...)...)
+	if err != nil {
+		t.Fatalf("dial: %v", err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return c
+}
+
+// ForModes runs fn as a subtest once per reply mode, each with a client
+// from dial.
+func ForModes(t *testing.T, dial func(t testing.TB, opts ...amqp.Option) *amqp.Client, fn func(t *testing.T, c *amqp.Client)) {
+	for _, m := range Modes {
+		t.Run(m.String(), func(t *testing.T) {
+			fn(t, dial(t, amqp.WithReplyMode(m)))
+		})
+	}
+}
