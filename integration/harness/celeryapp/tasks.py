@@ -70,9 +70,13 @@ def flaky(self, times=2):
     return "ok after %d" % self.request.retries
 
 
-@app.task
-def spawn(n):
-    return [add.delay(i, i).id for i in range(n)]
+@app.task(bind=True)
+def spawn(self, n):
+    # Subtasks go to the queue this task came from, so that the same worker
+    # runs them instead of leaving them in the default queue. Their results
+    # go to this worker's own reply queue, as Celery does for any subtask.
+    queue = (self.request.delivery_info or {}).get("routing_key") or "celery"
+    return [add.apply_async((i, i), queue=queue).id for i in range(n)]
 
 
 @app.task(ignore_result=True)
