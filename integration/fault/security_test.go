@@ -134,7 +134,13 @@ func TestFaultTLS(t *testing.T) {
 	t.Run("no client certificate", func(t *testing.T) {
 		err, took := dialErr(t, &tls.Config{RootCAs: p.roots, ServerName: p.serverName})
 		t.Logf("after %s: %v", took.Round(time.Millisecond), err)
-		assert.Contains(t, err.Error(), "certificate")
+		require.Error(t, err)
+		// With TLS 1.3 the proxy's "certificate required" alert reaches the
+		// client on its first read after the handshake; depending on timing
+		// amqp091 reports that alert or only that the connection closed.
+		msg := err.Error()
+		assert.True(t, strings.Contains(msg, "certificate") || strings.Contains(msg, "not open") || strings.Contains(msg, "EOF"),
+			"error names the refused certificate or the closed connection: %s", msg)
 	})
 }
 
