@@ -36,15 +36,18 @@ type AsyncResult struct {
 	graph    *Graph
 }
 
-// New returns the AsyncResult for id, read through backend. It panics only
-// on programmer error: an empty id.
+// New returns the AsyncResult for id, read through backend. An empty id
+// gives a result that never reads the backend: Get and Then report
+// ErrEmptyID.
 func New(id string, backend Backend, opts ...Option) *AsyncResult {
-	if id == "" {
-		panic("result.New: empty task id")
-	}
 	r := &AsyncResult{id: id, backend: backend}
 	for _, o := range opts {
 		o(r)
+	}
+	if id == "" {
+		e := NewEntry("")
+		e.Fail(ErrEmptyID)
+		r.entry = e
 	}
 	return r
 }
@@ -233,6 +236,9 @@ func (r *AsyncResult) DateDone() time.Time {
 
 // Exists reports whether a result for the task is stored or known.
 func (r *AsyncResult) Exists(ctx context.Context) (bool, error) {
+	if r.id == "" {
+		return false, ErrEmptyID
+	}
 	if r.backend == nil {
 		return false, ErrNoBackend
 	}
@@ -246,6 +252,9 @@ func (r *AsyncResult) Forget(ctx context.Context) error {
 		if err := r.parent.Forget(ctx); err != nil {
 			return err
 		}
+	}
+	if r.id == "" {
+		return ErrEmptyID
 	}
 	if r.backend == nil {
 		return ErrNoBackend

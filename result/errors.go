@@ -20,6 +20,8 @@ var (
 	ErrTaskFailed = errors.New("stalk: task failed")
 	// ErrMalformed is wrapped by every decoding error.
 	ErrMalformed = errors.New("stalk: malformed message")
+	// ErrEmptyID: the AsyncResult was made for an empty task id.
+	ErrEmptyID = errors.New("stalk: empty task id")
 	// ErrNoBackend: the AsyncResult has no backend to ask.
 	ErrNoBackend = errors.New("stalk: result has no backend")
 	// ErrNotSupported: the operation is not supported by the rpc backend.

@@ -1,6 +1,7 @@
 package result
 
 import (
+	"context"
 	"encoding/json"
 	"errors"
 	"math"
@@ -219,4 +220,14 @@ func TestDecodePythonNonFinite(t *testing.T) {
 	assert.True(t, math.IsInf(v[4].(map[string]any)["k"].(float64), -1))
 	_, err = DecodeJSON([]byte(`[NaNx]`))
 	assert.Error(t, err)
+}
+
+func TestEmptyIDIsAnErrorNotAPanic(t *testing.T) {
+	r := New("", nil)
+	_, err := r.Get(context.Background())
+	assert.ErrorIs(t, err, ErrEmptyID)
+	_, err = r.Exists(context.Background())
+	assert.ErrorIs(t, err, ErrEmptyID)
+	assert.ErrorIs(t, r.Forget(context.Background()), ErrEmptyID)
+	assert.Equal(t, Pending, r.State())
 }
