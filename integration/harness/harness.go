@@ -81,8 +81,8 @@ func Main(m *testing.M, mode int, setup ...func() error) int {
 		fmt.Fprintf(os.Stderr, "SKIP: RabbitMQ at %s is not reachable (%v); integration tests skipped. Set STALK_REQUIRE_BROKER=1 to make this a failure.\n", redact(BrokerURL()), err)
 		return 0
 	}
-	if _, err := os.Stat(Python()); err != nil {
-		msg := fmt.Sprintf("%s not found: install Debian's python3-celery", Python())
+	if err := exec.Command(Python(), "-c", "import celery").Run(); err != nil {
+		msg := fmt.Sprintf("%s cannot import celery (%v): install Debian's python3-celery, or set STALK_PYTHON", Python(), err)
 		if os.Getenv("STALK_REQUIRE_BROKER") == "1" {
 			fmt.Fprintln(os.Stderr, "FAIL: "+msg)
 			return 1
