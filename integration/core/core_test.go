@@ -395,3 +395,23 @@ func TestSendAttachOtherLifetime(t *testing.T) {
 	}, 10*time.Second, 100*time.Millisecond)
 	require.NoError(t, fut.Forget(ctx))
 }
+
+// With a stable shared reply queue name, a process that restarts gets back
+// the results of tasks it sent before it stopped.
+func TestSendStableReplyQueueAfterRestart(t *testing.T) {
+	ctx := harness.Ctx(t, 30*time.Second)
+	name := harness.Name("core-stable-reply")
+	first := dial(t, amqp.WithReplyQueue(name))
+	r, err := first.Send(ctx, "tasks.slow", amqp.Args(1))
+	require.NoError(t, err)
+	id := r.ID()
+	require.NoError(t, first.Close()) // the process "dies" before the result arrives
+
+	time.Sleep(1500 * time.Millisecond) // the result lands in the durable queue meanwhile
+	second := dial(t, amqp.WithReplyQueue(name))
+	v, err := second.AsyncResult(id).Get(ctx)
+	require.NoError(t, err)
+	assert.Equal(t, int64(1), v)
+	assert.Equal(t, amqp.Shared, second.ReplyMode())
+	assert.Equal(t, name, second.ReplyQueue(id))
+}
