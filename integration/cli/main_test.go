@@ -25,7 +25,7 @@ var (
 	// Reply queues of this run: a prefix of their own, and a short
 	// lifetime so that nothing lingers on the shared broker.
 	replyPrefix  string
-	replyExpires = "10m"
+	replyExpires = "1m"
 )
 
 func TestMain(m *testing.M) {

@@ -391,7 +391,7 @@ func TestSendAttachOtherLifetime(t *testing.T) {
 	_ = fut.State()
 	require.Eventually(t, func() bool {
 		ok, err := harness.Rabbitmqctl("list_queues", "name")
-		return err == nil && strings.Contains(ok, "stalk.reply."+id)
+		return err == nil && strings.Contains(ok, b.ReplyQueue(id))
 	}, 10*time.Second, 100*time.Millisecond)
 	require.NoError(t, fut.Forget(ctx))
 }

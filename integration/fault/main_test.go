@@ -104,7 +104,8 @@ func dialURL(t testing.TB, brokerURL, name string, opts ...amqp.Option) *amqp.Cl
 	defer cancel()
 	base := []amqp.Option{
 		amqp.WithDefaultQueue(transientQ),
-		amqp.WithResultExpires(5 * time.Minute),
+		amqp.WithResultExpires(2 * time.Minute),
+		amqp.WithReplyQueuePrefix(harness.Name("reply")+"."),
 		amqp.WithConnectionName(name),
 		amqp.WithLogger(zerolog.New(zerolog.NewTestWriter(t)).Level(zerolog.WarnLevel)),
 	}

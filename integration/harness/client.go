@@ -13,16 +13,18 @@ import (
 // Modes are the reply modes every result test runs in.
 var Modes = []amqp.ReplyMode{amqp.PerTask, amqp.Shared}
 
-// Dial connects a client for test t: default queue queue, a 10 minute
-// result lifetime, connections named after the suite and the test, warnings
-// logged to t, and Close at the end of t. opts come last and win.
+// Dial connects a client for test t: default queue queue, reply queues
+// named after the run that expire a minute after their last use,
+// connections named after the suite and the test, warnings logged to t,
+// and Close at the end of t. opts come last and win.
 func Dial(t testing.TB, suite, queue string, opts ...amqp.Option) *amqp.Client {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
 	base := []amqp.Option{
 		amqp.WithDefaultQueue(queue),
-		amqp.WithResultExpires(10 * time.Minute),
+		amqp.WithResultExpires(time.Minute),
+		amqp.WithReplyQueuePrefix(Name("reply") + "."),
 		amqp.WithConnectionName(Name(suite) + "-" + t.Name()),
 		amqp.WithLogger(zerolog.New(zerolog.NewTestWriter(t)).Level(zerolog.WarnLevel)),
 	}

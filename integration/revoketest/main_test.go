@@ -92,7 +92,8 @@ func client(t *testing.T) *amqp.Client {
 	ctx := harness.Ctx(t, 20*time.Second)
 	cl, err := amqp.Dial(ctx, harness.BrokerURL(),
 		amqp.WithLogger(testLogger(t)),
-		amqp.WithResultExpires(10*time.Minute),
+		amqp.WithResultExpires(time.Minute),
+		amqp.WithReplyQueuePrefix(harness.Name("reply")+"."),
 		amqp.WithConnectionName(harness.Name("revoke-client", t.Name())))
 	require.NoError(t, err)
 	t.Cleanup(func() { _ = cl.Close() })
