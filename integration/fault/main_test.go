@@ -105,7 +105,7 @@ func dialURL(t testing.TB, brokerURL, name string, opts ...amqp.Option) *amqp.Cl
 	base := []amqp.Option{
 		amqp.WithDefaultQueue(transientQ),
 		amqp.WithResultExpires(2 * time.Minute),
-		amqp.WithReplyQueuePrefix(harness.Name("reply")+"."),
+		amqp.WithReplyQueuePrefix(harness.Name("reply") + "."),
 		amqp.WithConnectionName(name),
 		amqp.WithLogger(zerolog.New(zerolog.NewTestWriter(t)).Level(zerolog.WarnLevel)),
 	}
