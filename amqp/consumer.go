@@ -374,7 +374,10 @@ func (c *consumer) followOn(l *lane, e *result.Entry, gen uint64) error {
 		declare = !exists
 	}
 	if declare {
-		if _, err := l.ch.QueueDeclare(q, true, false, false, false, c.queueArgs()); err != nil {
+		// No-wait: the consume below is the round trip that tells whether
+		// the channel survived the declaration (a failed declaration
+		// closes the channel, and the consume then fails).
+		if _, err := l.ch.QueueDeclare(q, true, false, false, true, c.queueArgs()); err != nil {
 			return err
 		}
 	}
