@@ -156,32 +156,22 @@ type DeliveryInfo struct {
 // active). Errors are as for Inspect; the map holds every worker whose
 // reply decoded.
 func (c *Controller) Active(ctx context.Context, opts ...Option) (map[string][]TaskInfo, error) {
-	replies, err := c.Inspect(ctx, "active", map[string]any{"safe": nil}, opts...)
-	out := make(map[string][]TaskInfo, len(replies))
-	var errs []error
-	if err != nil {
-		errs = append(errs, err)
-	}
-	for _, r := range replies {
-		if r.Error != "" {
-			continue
-		}
-		var ts []TaskInfo
-		if uerr := json.Unmarshal(r.Value, &ts); uerr != nil {
-			errs = append(errs, fmt.Errorf("stalk: active: worker %s: %w: %w", r.Worker, errBadReply, uerr))
-			continue
-		}
-		out[r.Worker] = ts
-	}
-	return out, errors.Join(errs...)
+	return inspectAs[[]TaskInfo](ctx, c, "active", map[string]any{"safe": nil}, opts)
 }
 
 // RevokedIDs returns, per worker, the ids in its revoked set (inspect
 // revoked). A worker forgets them when it restarts, unless it runs with
 // --statedb.
 func (c *Controller) RevokedIDs(ctx context.Context, opts ...Option) (map[string][]string, error) {
-	replies, err := c.Inspect(ctx, "revoked", nil, opts...)
-	out := make(map[string][]string, len(replies))
+	return inspectAs[[]string](ctx, c, "revoked", nil, opts)
+}
+
+// inspectAs runs an inspect command and decodes each worker's reply as T.
+// Workers that answered with an error are left out (Inspect reports them);
+// replies that do not decode are reported too.
+func inspectAs[T any](ctx context.Context, c *Controller, method string, args map[string]any, opts []Option) (map[string]T, error) {
+	replies, err := c.Inspect(ctx, method, args, opts...)
+	out := make(map[string]T, len(replies))
 	var errs []error
 	if err != nil {
 		errs = append(errs, err)
@@ -190,12 +180,12 @@ func (c *Controller) RevokedIDs(ctx context.Context, opts ...Option) (map[string
 		if r.Error != "" {
 			continue
 		}
-		var ids []string
-		if uerr := json.Unmarshal(r.Value, &ids); uerr != nil {
-			errs = append(errs, fmt.Errorf("stalk: revoked: worker %s: %w: %w", r.Worker, errBadReply, uerr))
+		var v T
+		if uerr := json.Unmarshal(r.Value, &v); uerr != nil {
+			errs = append(errs, fmt.Errorf("stalk: %s: worker %s: %w: %w", method, r.Worker, errBadReply, uerr))
 			continue
 		}
-		out[r.Worker] = ids
+		out[r.Worker] = v
 	}
 	return out, errors.Join(errs...)
 }
