@@ -151,7 +151,7 @@ func (c *Client) Send(ctx context.Context, task string, opts ...SendOption) (*re
 	if err := c.pub.publish(ctx, msg.exchange, msg.routingKey, msg.queue, msg.pub); err != nil {
 		if entry != nil {
 			c.cons.reg.drop(cfg.taskID)
-			_ = c.cons.forget(context.Background(), cfg.taskID)
+			c.forgetLater(cfg.taskID)
 		}
 		return nil, fmt.Errorf("stalk: send %s: %w", task, err)
 	}
@@ -161,6 +161,25 @@ func (c *Client) Send(ctx context.Context, task string, opts ...SendOption) (*re
 		ropts = append(ropts, result.WithEntry(entry))
 	}
 	return result.New(cfg.taskID, c, ropts...), nil
+}
+
+// forgetLater deletes the reply queue of a task whose publish failed, off
+// the caller's goroutine: Send must return at its ctx even while the broker
+// is unreachable, and the deletion waits for the broker (until Close, or
+// 30 s).
+func (c *Client) forgetLater(id string) {
+	if c.cfg.mode == Shared {
+		return
+	}
+	c.cons.wg.Add(1)
+	go func() {
+		defer c.cons.wg.Done()
+		ctx, cancel := context.WithTimeout(c.resConn.Life(), 30*time.Second)
+		defer cancel()
+		if err := c.cons.forget(ctx, id); err != nil && ctx.Err() == nil {
+			c.log.Debug().Err(err).Str("task_id", id).Msg("reply queue of an unsent task not deleted; it expires by itself")
+		}
+	}()
 }
 
 // AsyncResult returns the result of task id, which may have been sent by
