@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"time"
 
 	amqp091 "github.com/rabbitmq/amqp091-go"
 	"github.com/rs/zerolog"
@@ -173,7 +174,7 @@ func (p *publisher) waitNewChannel(ctx context.Context, old *amqp091.Channel) er
 			// The channel died under a live connection.
 			p.conn.Reset(errors.New("publish channel closed"))
 		}
-		if err := sleepCtx(ctx, 10e6); err != nil {
+		if err := sleepCtx(ctx, 10*time.Millisecond); err != nil {
 			return fmt.Errorf("stalk: publish: waiting for the broker: %w", err)
 		}
 		if _, err := p.conn.Connection(ctx); err != nil {
