@@ -234,6 +234,10 @@ func describe(v any) string {
 // Two forms Celery can produce have no rpc-backend equivalent and are
 // refused with an error wrapping ErrNotSupported: a group as a member of a
 // group, and a group as the parent of a task (a chord's body).
+//
+// A GroupResult is a ResultSet, so a group tuple that lists one id twice
+// (Celery never writes one) gives a group holding that member once, the
+// first occurrence, and its AsTuple lists it once.
 func FromTuple(v any, backend Backend, opts ...Option) (Result, error) {
 	var t Tuple
 	switch x := v.(type) {

@@ -181,8 +181,44 @@ func FuzzFromTuple(f *testing.F) {
 			}
 			return
 		}
-		if !res.AsTuple().Equal(tp) {
-			t.Fatalf("FromTuple(%s).AsTuple() = %s", data, res.AsTuple())
+		if want := setSemantics(tp); !res.AsTuple().Equal(want) {
+			t.Fatalf("FromTuple(%s).AsTuple() = %s, want %s", data, res.AsTuple(), want)
 		}
 	})
+}
+
+// setSemantics is what FromTuple(t).AsTuple() must give: t with every
+// group's repeated member ids dropped after their first occurrence.
+func setSemantics(t Tuple) Tuple {
+	out := Tuple{ID: t.ID, Group: t.Group}
+	if t.Parent != nil {
+		p := setSemantics(*t.Parent)
+		out.Parent = &p
+	}
+	if t.Nodes != nil {
+		out.Nodes = []Tuple{}
+	}
+	seen := map[string]bool{}
+	for _, n := range t.Nodes {
+		if seen[n.ID] {
+			continue
+		}
+		seen[n.ID] = true
+		out.Nodes = append(out.Nodes, setSemantics(n))
+	}
+	return out
+}
+
+func TestFromTupleRepeatedMember(t *testing.T) {
+	res, err := FromTuple(`[["g", null], [[["a", null], null], [["b", null], null], [["a", [["p", null], null]], null]]]`, newFake())
+	require.NoError(t, err)
+	g, ok := res.(*GroupResult)
+	require.True(t, ok)
+	require.Equal(t, 2, g.Len())
+	assert.Equal(t, "a", g.Results()[0].ID())
+	assert.Nil(t, g.Results()[0].Parent(), "the first occurrence is kept")
+	assert.Equal(t, "b", g.Results()[1].ID())
+	out, err := json.Marshal(g.AsTuple())
+	require.NoError(t, err)
+	assert.JSONEq(t, `[["g", null], [[["a", null], null], [["b", null], null]]]`, string(out))
 }
