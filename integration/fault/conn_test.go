@@ -78,6 +78,7 @@ func TestFaultConnectionKill(t *testing.T) {
 			}
 			slots := make([]slot, n)
 			var sent, settled atomic.Int64
+			begin := time.Now()
 
 			// Senders: as fast as the client goes. The worker is the
 			// bottleneck (4 processes, 30 ms a task), so most of the 2,000
@@ -117,11 +118,16 @@ func TestFaultConnectionKill(t *testing.T) {
 				}()
 			}
 
-			// Killer: once both connections are up, wait a moment, then
-			// close them both.
+			// Killer: kill k comes once both connections are up again,
+			// results are pending and k/(2·kills+2) of the tasks have
+			// settled. The kills fall in the first half of the work, so
+			// the burst of results that follows each reconnect does not
+			// finish the work before the last kill.
 			type kill struct {
 				at      time.Time
 				pending int
+				sent    int64
+				settled int64
 				closed  int
 			}
 			var killsDone []kill
@@ -129,14 +135,14 @@ func TestFaultConnectionKill(t *testing.T) {
 			go func() {
 				defer close(killerDone)
 				for k := 0; k < kills; k++ {
-					for !states.bothReady() {
+					threshold := int64((k + 1) * n / (2*kills + 2))
+					for !states.bothReady() || settled.Load() < threshold || c.Stats().Pending == 0 {
 						if ctx.Err() != nil {
 							return
 						}
 						time.Sleep(10 * time.Millisecond)
 					}
-					time.Sleep(200 * time.Millisecond)
-					kd := kill{at: time.Now(), pending: c.Stats().Pending}
+					kd := kill{at: time.Now(), pending: c.Stats().Pending, sent: sent.Load(), settled: settled.Load()}
 					kd.closed = closeConns(t, name+"-results", name+"-publish")
 					killsDone = append(killsDone, kd)
 				}
@@ -175,7 +181,8 @@ func TestFaultConnectionKill(t *testing.T) {
 			t.Logf("%s: %d tasks, %d kills, lost %d, wrong %d, settled≠1 %d; drained in %s after the last send; stats %+v",
 				mode, n, len(killsDone), len(lost), len(wrong), twice, time.Since(start).Round(time.Millisecond), st)
 			for i, k := range killsDone {
-				t.Logf("kill %d: %d pending, %d connections closed", i+1, k.pending, k.closed)
+				t.Logf("kill %d at +%s: %d pending (sent %d, settled %d), %d connections closed",
+					i+1, k.at.Sub(begin).Round(time.Millisecond), k.pending, k.sent, k.settled, k.closed)
 			}
 			t.Logf("recovery times (connection lost -> Ready, both connections): %v", rec)
 			note("- TestFaultConnectionKill/%s: %d tasks, %d kills (pending at kill: %v); lost %d, wrong %d, settled≠1 %d; "+
