@@ -7,6 +7,8 @@ import (
 	"time"
 
 	"github.com/rs/zerolog"
+
+	"github.com/stalk-dev/stalk/result"
 )
 
 // TaskState is a task's state as the event stream shows it: one of
@@ -29,33 +31,18 @@ const (
 // Ready reports whether s is final: SUCCESS, FAILURE or REVOKED.
 func (s TaskState) Ready() bool { return s == StateSuccess || s == StateFailure || s == StateRevoked }
 
-// rank follows Celery's state precedence (celery.states.PRECEDENCE): a
-// higher rank wins. Custom states rank between FAILURE and REVOKED.
-func (s TaskState) rank() int {
-	switch s {
-	case StateSuccess:
-		return 8
-	case StateFailure:
-		return 7
-	case StateRevoked:
-		return 5
-	case StateStarted:
-		return 4
-	case StateReceived:
-		return 3
-	case StateRejected:
-		return 2
-	case StateRetry:
-		return 1
-	case StatePending, "":
-		return 0
-	}
-	return 6
-}
+// Precedes reports whether s ranks below t in Celery's precedence
+// (celery.states.PRECEDENCE, the same order result.State uses), i.e. an
+// event for s logically happened before one for t. Custom states rank
+// between FAILURE and REVOKED; an empty state ranks as PENDING.
+func (s TaskState) Precedes(t TaskState) bool { return s.asResult().Precedes(t.asResult()) }
 
-// Precedes reports whether s ranks below t in Celery's precedence, i.e. an
-// event for s logically happened before one for t.
-func (s TaskState) Precedes(t TaskState) bool { return s.rank() < t.rank() }
+func (s TaskState) asResult() result.State {
+	if s == "" {
+		return result.Pending
+	}
+	return result.State(s)
+}
 
 // StateFor returns the state a task event type moves a task to:
 // task-received → RECEIVED, ..., and "task-xyz" → "XYZ" for other task
