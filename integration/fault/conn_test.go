@@ -61,12 +61,16 @@ func (l *stateLog) recoveries() []time.Duration {
 }
 
 // TestFaultConnectionKill closes the client's connections, broker side, 5
-// times while 3,000 tasks are in flight. Every promise settles exactly once
-// with the right value.
+// times under a steady load of 2,000 tasks in flight, and at least 2,000
+// tasks in all. Every promise settles exactly once with the right value.
 func TestFaultConnectionKill(t *testing.T) {
 	for _, mode := range modes {
 		t.Run(mode.String(), func(t *testing.T) {
-			const n, kills = 3000, 5
+			// The senders keep `window` tasks in flight until every kill
+			// is done and at least n tasks went out, so each kill lands
+			// with results pending however long rabbitmqctl takes to
+			// close a connection (seconds, under load).
+			const n, window, kills, maxTasks = 2000, 2000, 5, 30000
 			name := harness.Name("kill", mode.String())
 			c := dial(t, name, amqp.WithReplyMode(mode), amqp.WithResultExpires(2*time.Minute))
 			states := watchStates(c)
@@ -90,19 +94,30 @@ func TestFaultConnectionKill(t *testing.T) {
 				settled atomic.Int32
 				sendErr error
 			}
-			slots := make([]slot, n)
+			slots := make([]slot, maxTasks)
 			var sent, settled atomic.Int64
+			var issued int // tasks handed to the senders; read after they finish
+			var killsOver atomic.Bool
 			begin := time.Now()
 
-			// Senders: as fast as the client goes. The worker is the
-			// bottleneck (4 processes, 30 ms a task), so most of the 2,000
-			// tasks are pending through the kills.
+			// Senders: as fast as the client goes, up to the window. The
+			// worker is the bottleneck (4 processes, 30 ms a task).
 			next := make(chan int)
 			go func() {
 				defer close(next)
-				for i := range n {
+				for i := 0; i < maxTasks; i++ {
+					if i >= n && killsOver.Load() {
+						return
+					}
+					for int64(i)-settled.Load() >= window {
+						if ctx.Err() != nil {
+							return
+						}
+						time.Sleep(5 * time.Millisecond)
+					}
 					select {
 					case next <- i:
+						issued = i + 1
 					case <-ctx.Done():
 						return
 					}
@@ -132,11 +147,8 @@ func TestFaultConnectionKill(t *testing.T) {
 				}()
 			}
 
-			// Killer: kill k comes once both connections are up again,
-			// results are pending and k/(2·kills+2) of the tasks have
-			// settled. The kills fall in the first half of the work, so
-			// the burst of results that follows each reconnect does not
-			// finish the work before the last kill.
+			// Killer: each kill comes once both connections are up again
+			// and n/(kills+1) more tasks have settled since the last one.
 			type kill struct {
 				at      time.Time
 				pending int
@@ -148,14 +160,16 @@ func TestFaultConnectionKill(t *testing.T) {
 			killerDone := make(chan struct{})
 			go func() {
 				defer close(killerDone)
+				defer killsOver.Store(true)
+				threshold := int64(n / (2 * (kills + 1)))
 				for k := 0; k < kills; k++ {
-					threshold := int64((k + 1) * n / (2*kills + 2))
-					for !states.bothReady() || settled.Load() < threshold || c.Stats().Pending == 0 {
-						if ctx.Err() != nil || settled.Load() == n {
+					for !states.bothReady() || settled.Load() < threshold {
+						if ctx.Err() != nil {
 							return
 						}
 						time.Sleep(10 * time.Millisecond)
 					}
+					threshold = settled.Load() + n/(kills+1)
 					kd := kill{at: time.Now(), pending: c.Stats().Pending, sent: sent.Load(), settled: settled.Load()}
 					kd.closed = closeConns(t, name+"-results", name+"-publish")
 					killsDone = append(killsDone, kd)
@@ -167,12 +181,14 @@ func TestFaultConnectionKill(t *testing.T) {
 			// Every result, with the right value.
 			start := time.Now()
 			var lost, wrong []int
-			for i := range slots {
-				require.NoError(t, slots[i].sendErr, "send %d", i)
-				v, err := slots[i].r.Get(ctx)
+			require.GreaterOrEqual(t, issued, n)
+			used := slots[:issued]
+			for i := range used {
+				require.NoError(t, used[i].sendErr, "send %d", i)
+				v, err := used[i].r.Get(ctx)
 				if err != nil {
 					lost = append(lost, i)
-					t.Logf("task %d (%s): %v", i, slots[i].r.ID(), err)
+					t.Logf("task %d (%s): %v", i, used[i].r.ID(), err)
 					continue
 				}
 				if v != want(i) {
@@ -184,8 +200,8 @@ func TestFaultConnectionKill(t *testing.T) {
 			require.Eventually(t, func() bool { return settled.Load() >= sent.Load() }, 10*time.Second, 10*time.Millisecond)
 			time.Sleep(200 * time.Millisecond)
 			twice := 0
-			for i := range slots {
-				if slots[i].settled.Load() != 1 {
+			for i := range used {
+				if used[i].settled.Load() != 1 {
 					twice++
 				}
 			}
@@ -193,7 +209,7 @@ func TestFaultConnectionKill(t *testing.T) {
 			rec := states.recoveries()
 			sort.Slice(rec, func(i, j int) bool { return rec[i] < rec[j] })
 			t.Logf("%s: %d tasks, %d kills, lost %d, wrong %d, settled≠1 %d; drained in %s after the last send; stats %+v",
-				mode, n, len(killsDone), len(lost), len(wrong), twice, time.Since(start).Round(time.Millisecond), st)
+				mode, issued, len(killsDone), len(lost), len(wrong), twice, time.Since(start).Round(time.Millisecond), st)
 			for i, k := range killsDone {
 				t.Logf("kill %d at +%s: %d pending (sent %d, settled %d), %d connections closed",
 					i+1, k.at.Sub(begin).Round(time.Millisecond), k.pending, k.sent, k.settled, k.closed)
@@ -205,7 +221,7 @@ func TestFaultConnectionKill(t *testing.T) {
 			t.Logf("recovery times (connection lost -> Ready, both connections): %v", rec)
 			note("- TestFaultConnectionKill/%s: %d tasks, %d kills (pending when lost: %v); lost %d, wrong %d, settled≠1 %d; "+
 				"recovery (lost → Ready incl. re-consume) min %v, median %v, max %v over %d outages; reconnects %d, duplicates %d",
-				mode, n, len(killsDone), atLoss, len(lost), len(wrong), twice,
+				mode, issued, len(killsDone), atLoss, len(lost), len(wrong), twice,
 				pct(rec, 0), pct(rec, 50), pct(rec, 100), len(rec), st.Reconnects, st.Duplicates)
 			assert.Empty(t, lost, "lost")
 			assert.Empty(t, wrong, "wrong")
