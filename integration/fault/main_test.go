@@ -7,7 +7,6 @@ package fault
 
 import (
 	"bytes"
-	"context"
 	"fmt"
 	"os"
 	"regexp"
@@ -17,7 +16,6 @@ import (
 	"time"
 
 	amqp091 "github.com/rabbitmq/amqp091-go"
-	"github.com/rs/zerolog"
 	"github.com/stretchr/testify/require"
 
 	"github.com/stalk-dev/stalk/amqp"
@@ -100,19 +98,8 @@ func dial(t testing.TB, name string, opts ...amqp.Option) *amqp.Client {
 // dialURL is dial to another broker URL (a proxy).
 func dialURL(t testing.TB, brokerURL, name string, opts ...amqp.Option) *amqp.Client {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	base := []amqp.Option{
-		amqp.WithDefaultQueue(transientQ),
-		amqp.WithResultExpires(2 * time.Minute),
-		amqp.WithReplyQueuePrefix(harness.Name("reply") + "."),
-		amqp.WithConnectionName(name),
-		amqp.WithLogger(zerolog.New(zerolog.NewTestWriter(t)).Level(zerolog.WarnLevel)),
-	}
-	c, err := amqp.Dial(ctx, brokerURL, append(base, opts...)...)
-	require.NoError(t, err, "dial")
-	t.Cleanup(func() { c.Close() })
-	return c
+	base := []amqp.Option{amqp.WithDefaultQueue(transientQ), amqp.WithResultExpires(2 * time.Minute)}
+	return harness.DialURL(t, brokerURL, name, 30*time.Second, append(base, opts...)...)
 }
 
 var pidRE = regexp.MustCompile(`^<[^>]+>`)

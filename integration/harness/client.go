@@ -19,16 +19,26 @@ var Modes = []amqp.ReplyMode{amqp.PerTask, amqp.Shared}
 // and Close at the end of t. opts come last and win.
 func Dial(t testing.TB, suite, queue string, opts ...amqp.Option) *amqp.Client {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	return DialURL(t, BrokerURL(), Name(suite)+"-"+t.Name(), 20*time.Second,
+		append([]amqp.Option{amqp.WithDefaultQueue(queue)}, opts...)...)
+}
+
+// DialURL connects a client for test t to brokerURL, failing t if that
+// takes longer than timeout. The client's connections are named after
+// connName; its reply queues are named after the run and expire a minute
+// after their last use; warnings are logged to t; it is closed at the end
+// of t. opts come last and win.
+func DialURL(t testing.TB, brokerURL, connName string, timeout time.Duration, opts ...amqp.Option) *amqp.Client {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
 	base := []amqp.Option{
-		amqp.WithDefaultQueue(queue),
 		amqp.WithResultExpires(time.Minute),
 		amqp.WithReplyQueuePrefix(Name("reply") + "."),
-		amqp.WithConnectionName(Name(suite) + "-" + t.Name()),
+		amqp.WithConnectionName(connName),
 		amqp.WithLogger(zerolog.New(zerolog.NewTestWriter(t)).Level(zerolog.WarnLevel)),
 	}
-	c, err := amqp.Dial(ctx, BrokerURL(), append(base, opts...)...)
+	c, err := amqp.Dial(ctx, brokerURL, append(base, opts...)...)
 	if err != nil {
 		t.Fatalf("dial: %v", err)
 	}
