@@ -161,7 +161,7 @@ func (c *consumer) hook(ctx context.Context, conn *amqp091.Connection) error {
 	}
 	byLane := make([][]*result.Entry, len(c.lanes))
 	for _, e := range pending {
-		l := c.laneFor(e.ID())
+		l := c.pickLane()
 		byLane[l.idx] = append(byLane[l.idx], e)
 	}
 	var wg sync.WaitGroup
@@ -254,9 +254,9 @@ func (c *consumer) watchCancels(ch *amqp091.Channel) {
 	}()
 }
 
-// laneFor picks the lane for a new reply queue consumer: round-robin, so
+// pickLane picks the lane for a new reply queue consumer: round-robin, so
 // that declarations and consumers spread evenly over the lanes.
-func (c *consumer) laneFor(string) *lane {
+func (c *consumer) pickLane() *lane {
 	n := c.nextLane.Add(1)
 	return c.lanes[n%uint64(len(c.lanes))]
 }
@@ -268,7 +268,7 @@ func (c *consumer) follow(ctx context.Context, e *result.Entry) error {
 	if c.cfg.mode == Shared {
 		return waitBroker(ctx, c.conn)
 	}
-	l := c.laneFor(e.ID())
+	l := c.pickLane()
 	for {
 		if err := waitBroker(ctx, c.conn); err != nil {
 			return err
