@@ -49,29 +49,43 @@ func run(dry bool) error {
 		return err
 	}
 	defer conn.Close()
-	ch, err := conn.Channel()
+	nq, err := deleteEach(conn, queues, func(ch *amqp091.Channel, name string) error {
+		_, err := ch.QueueDelete(name, false, false, false)
+		return err
+	})
 	if err != nil {
 		return err
 	}
+	nx, err := deleteEach(conn, exchanges, func(ch *amqp091.Channel, name string) error {
+		return ch.ExchangeDelete(name, false, false)
+	})
+	if err != nil {
+		return err
+	}
+	fmt.Printf("deleted %d leftover test queues and %d exchanges\n", nq, nx)
+	return nil
+}
+
+// deleteEach deletes every name with del and returns how many went. A
+// failed deletion (the name vanished meanwhile) closes the channel, so the
+// next name gets a new one.
+func deleteEach(conn *amqp091.Connection, names []string, del func(*amqp091.Channel, string) error) (int, error) {
+	ch, err := conn.Channel()
+	if err != nil {
+		return 0, err
+	}
 	deleted := 0
-	for _, q := range queues {
-		if _, err := ch.QueueDelete(q, false, false, false); err != nil {
+	for _, name := range names {
+		if err := del(ch, name); err != nil {
 			if ch, err = conn.Channel(); err != nil {
-				return err
+				return deleted, err
 			}
 			continue
 		}
 		deleted++
 	}
-	for _, x := range exchanges {
-		if err := ch.ExchangeDelete(x, false, false); err != nil {
-			if ch, err = conn.Channel(); err != nil {
-				return err
-			}
-		}
-	}
-	fmt.Printf("deleted %d leftover test queues and %d exchanges\n", deleted, len(exchanges))
-	return nil
+	_ = ch.Close()
+	return deleted, nil
 }
 
 // list runs rabbitmqctl and returns the names with a test prefix.
