@@ -1,6 +1,7 @@
 package core
 
 import (
+	"fmt"
 	"sync"
 	"testing"
 	"time"
@@ -40,7 +41,7 @@ func TestSendVolume(t *testing.T) {
 					return
 				}
 				if v != 2*i {
-					errs <- assert.AnError
+					errs <- fmt.Errorf("tasks.add(%d, %d) = %d, want %d", i, i, v, 2*i)
 				}
 			}()
 		}
