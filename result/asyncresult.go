@@ -59,6 +59,11 @@ func (r *AsyncResult) ID() string { return r.id }
 func (r *AsyncResult) String() string { return r.id }
 
 // Parent returns the previous step of a chain, or nil.
+//
+// A Celery worker sends a chain's next step before it publishes the
+// current step's result, so a step can settle before its parent does:
+// after r.Get returns, wait on the parent (Get, Wait, or Collect) rather
+// than reading its state.
 func (r *AsyncResult) Parent() *AsyncResult { return r.parent }
 
 // Backend returns the backend the result is read through.
