@@ -185,17 +185,31 @@ func TestThenContextDropsCallback(t *testing.T) {
 func TestThenContextReleasesCallback(t *testing.T) {
 	p := New[int]()
 	ctx, cancel := context.WithCancel(context.Background())
-	big := make([]byte, 64<<20)
 	finalized := make(chan struct{})
-	runtime.SetFinalizer(&big[0], func(*byte) { close(finalized) })
-	p.ThenContext(ctx, func(v int) (int, error) { return v + len(big), nil })
-	big = nil
+	// The callback holds the only reference to a 64 MiB buffer; the
+	// buffer's finalizer tells when the callback was let go.
+	func() {
+		big := make([]byte, 64<<20)
+		runtime.SetFinalizer(&big[0], func(*byte) { close(finalized) })
+		p.ThenContext(ctx, func(v int) (int, error) { return v + len(big), nil })
+	}()
+	// While ctx lives, the promise keeps the callback.
+	for range 5 {
+		runtime.GC()
+		time.Sleep(5 * time.Millisecond)
+	}
+	select {
+	case <-finalized:
+		t.Fatal("callback collected while its ctx was live")
+	default:
+	}
 	cancel()
 	deadline := time.Now().Add(5 * time.Second)
 	for {
 		runtime.GC()
 		select {
 		case <-finalized:
+			runtime.KeepAlive(p) // the promise itself is still reachable
 			return
 		default:
 		}

@@ -240,6 +240,11 @@ func (r *AsyncResult) DateDone() time.Time {
 }
 
 // Exists reports whether a result for the task is stored or known.
+//
+// In per-task mode it looks for a stored message in the task's reply
+// queue. A reader that is reading the final state holds it for that moment
+// (it puts it back for the next reader once read, or when its process
+// exits), so a check that lands in that window can answer false.
 func (r *AsyncResult) Exists(ctx context.Context) (bool, error) {
 	if r.id == "" {
 		return false, ErrEmptyID

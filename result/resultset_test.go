@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -263,4 +264,47 @@ func TestGroupResult(t *testing.T) {
 	assert.Equal(t, `[["g",[["p",null],null]],[[["t0",null],null],[["t1",null],null]]]`, g.AsTuple().String())
 	var r Result = g
 	assert.Len(t, r.Children(), 2)
+}
+
+func TestAsyncResultThenContext(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	b := newFake()
+
+	// ctx live: onValue runs and the returned promise has the value.
+	got := make(chan any, 1)
+	p := New("a", b).ThenContext(ctx, func(v any) { got <- v }, func(err error) { t.Errorf("onError: %v", err) })
+	b.deliver("a", Success, int64(7))
+	v, err := p.Wait(ctx)
+	require.NoError(t, err)
+	assert.Equal(t, int64(7), v)
+	assert.Equal(t, int64(7), <-got)
+
+	// A failure goes to onError as a *TaskError.
+	errs := make(chan error, 1)
+	p = New("f", b).ThenContext(ctx, func(any) { t.Error("onValue after FAILURE") }, func(err error) { errs <- err })
+	b.deliver("f", Failure, failure("bad"))
+	_, err = p.Wait(ctx)
+	require.ErrorIs(t, err, ErrTaskFailed)
+	var te *TaskError
+	require.ErrorAs(t, <-errs, &te)
+	assert.Equal(t, "ValueError", te.Type)
+
+	// ctx ended first: the callbacks are dropped and the promise is
+	// rejected with ctx's error; the later result does not call them.
+	short, stop := context.WithCancel(ctx)
+	var called atomic.Bool
+	p = New("late", b).ThenContext(short, func(any) { called.Store(true) }, func(error) { called.Store(true) })
+	stop()
+	_, err = p.Wait(ctx)
+	require.ErrorIs(t, err, context.Canceled)
+	b.deliver("late", Success, int64(1))
+	_, err = New("late", b).Get(ctx)
+	require.NoError(t, err)
+	time.Sleep(20 * time.Millisecond)
+	assert.False(t, called.Load(), "a dropped callback ran")
+
+	// No backend.
+	_, err = New("x", nil).ThenContext(ctx, nil, nil).Wait(ctx)
+	assert.ErrorIs(t, err, ErrNoBackend)
 }

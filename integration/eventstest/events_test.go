@@ -150,10 +150,12 @@ func TestEventsWorkerLifecycle(t *testing.T) {
 	host, _ := os.Hostname()
 	nodename := name + "@" + host
 	sub, err := r.Subscribe(harness.Ctx(t, 2*time.Minute), func(ev events.Event) {
+		// Applied before it is counted, so that a count the test waits
+		// for is already in st.
+		st.Apply(ev)
 		mu.Lock()
 		seen = append(seen, ev.EventHeader().Type)
 		mu.Unlock()
-		st.Apply(ev)
 	}, events.Hostnames(nodename))
 	require.NoError(t, err)
 	defer sub.Stop()
@@ -204,6 +206,51 @@ func TestEventsWorkerLifecycle(t *testing.T) {
 	wk, _ = st.Worker(nodename)
 	require.False(t, wk.Online)
 	require.Empty(t, wk.Heartbeats)
+}
+
+// A worker killed with SIGKILL sends no worker-offline: it turns not alive
+// in real time once its heartbeats stop (2·freq after the last one).
+func TestEventsWorkerKilledStopsBeingAlive(t *testing.T) {
+	r := receiver(t, events.WorkerEvents())
+	st := events.NewState()
+	var heartbeats, offline atomic.Int32
+	name := "evk-" + harness.RunID
+	host, _ := os.Hostname()
+	nodename := name + "@" + host
+	sub, err := r.Subscribe(harness.Ctx(t, 2*time.Minute), func(ev events.Event) {
+		st.Apply(ev)
+		switch ev.EventHeader().Type {
+		case events.TypeWorkerHeartbeat:
+			heartbeats.Add(1)
+		case events.TypeWorkerOffline:
+			offline.Add(1)
+		}
+	}, events.Hostnames(nodename))
+	require.NoError(t, err)
+	defer sub.Stop()
+
+	w, err := harness.StartWorker(harness.WorkerConfig{Name: name, Concurrency: 1, Pool: "solo"})
+	require.NoError(t, err)
+	defer w.Kill()
+	require.Eventually(t, func() bool { return heartbeats.Load() >= 1 }, 20*time.Second, 10*time.Millisecond)
+	require.True(t, st.Alive(nodename))
+	wk, _ := st.Worker(nodename)
+	expires := wk.HeartbeatExpires()
+
+	w.Kill()
+	killed := time.Now()
+	require.Eventually(t, func() bool { return !st.Alive(nodename) }, 20*time.Second, 50*time.Millisecond,
+		"a killed worker stops being alive")
+	gone := time.Now()
+	wk, _ = st.Worker(nodename)
+	require.True(t, wk.Online, "no worker-offline came, so it was never marked offline")
+	require.Zero(t, offline.Load())
+	// Not before its last heartbeat expired.
+	last := wk.Heartbeats[len(wk.Heartbeats)-1]
+	require.False(t, gone.Before(wk.HeartbeatExpires()), "alive until %s, turned dead at %s", wk.HeartbeatExpires(), gone)
+	require.False(t, wk.HeartbeatExpires().Before(expires))
+	t.Logf("killed %s after its heartbeat at %s; not alive %s after the kill (expiry %s)",
+		nodename, last.Format(time.RFC3339Nano), gone.Sub(killed).Round(time.Millisecond), wk.HeartbeatExpires().Format(time.RFC3339Nano))
 }
 
 func TestEventsOutOfOrderInjected(t *testing.T) {
@@ -372,7 +419,9 @@ func TestEventsMalformedSkipped(t *testing.T) {
 	p.publishEvent(t, key, "application/x-yaml", []byte("type: task-started"))              // 1, refused
 	p.publishEvent(t, key, "application/json", append([]byte(`[`), append(good("inside"), ']')...))
 	p.publishEvent(t, key, "application/json", good("after"))
-	require.Eventually(t, func() bool { return r.Stats().Received == 8 }, 10*time.Second, 10*time.Millisecond)
+	// Received counts a message before its events reach the subscription:
+	// wait until the subscription has taken all three good ones, then drain.
+	require.Eventually(t, func() bool { return r.Stats().Received == 8 && sub.Stats().Matched == 3 }, 10*time.Second, 10*time.Millisecond)
 	require.NoError(t, sub.Drain(harness.Ctx(t, 10*time.Second)))
 	st := r.Stats()
 	require.EqualValues(t, 7, st.Malformed)

@@ -104,3 +104,11 @@ def slow_late(s):
 def whoami(self):
     return {"hostname": self.request.hostname, "retries": self.request.retries,
             "reply_to": self.request.reply_to}
+
+
+@app.task
+def touch(path, text):
+    """Writes text to path: a side effect a test can see without a result."""
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(text)
+    return text
