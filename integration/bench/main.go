@@ -506,6 +506,10 @@ func (r *report) jsonObject() map[string]any {
 			o["channels_pertask_pending"] = r.channelsPerTaskPending
 		}
 	}
+	o["channels_source"] = "rabbitmqctl"
+	if channelsFromClient.Load() || (r.pending != nil && r.pending.ChannelsSource != "rabbitmqctl") {
+		o["channels_source"] = "client counters (rabbitmqctl could not count them)"
+	}
 	if r.pythonMissing != "" {
 		o["python_missing"] = r.pythonMissing
 	}
@@ -578,6 +582,9 @@ func (r *report) print(out io.Writer, cfg *config) {
 		fmt.Fprintf(out, "channels, per-task mode: %d with 1 pending result, %d with %d pending\n", r.channelsPerTaskIdle, *r.channelsPerTask, r.channelsPerTaskPending)
 	} else if r.channelsPerTask != nil {
 		fmt.Fprintf(out, "channels, per-task mode: %d after the throughput run\n", *r.channelsPerTask)
+	}
+	if channelsFromClient.Load() || (r.pending != nil && r.pending.ChannelsSource != "rabbitmqctl") {
+		fmt.Fprintf(out, "channels: counted by the client, not the broker (rabbitmqctl could not count them)\n")
 	}
 	for _, n := range r.notes {
 		fmt.Fprintln(out, "note:", n)

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	amqp091 "github.com/rabbitmq/amqp091-go"
@@ -99,9 +100,17 @@ func runStalk(ctx context.Context, cfg *config, mode string, n int) (modeResult,
 	ch := c.Stats().Channels
 	if b, conns, err := brokerChannels(ctx, cfg.prefix+" "+mode); err == nil && conns > 0 {
 		ch = b
+	} else {
+		channelsFromClient.Store(true)
 	}
 	return r, &ch, nil
 }
+
+// channelsFromClient is set when a channel count had to come from the
+// client's own counter because rabbitmqctl could not count it; the report
+// says so, since the client's counter is what it believes, not what the
+// broker sees.
+var channelsFromClient atomic.Bool
 
 // deleteReplyQueues deletes per-task reply queues by name, pipelined with
 // no-wait on a few channels.
@@ -150,6 +159,7 @@ func pertaskChannels(ctx context.Context, cfg *config) (idle, pending, n int, er
 		if ch, conns, err := brokerChannels(ctx, cfg.prefix+" pertask-pending"); err == nil && conns > 0 {
 			return ch
 		}
+		channelsFromClient.Store(true)
 		return c.Stats().Channels
 	}
 	n = cfg.window * 8
