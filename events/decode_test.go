@@ -1,16 +1,15 @@
 package events
 
 import (
-	"bufio"
 	"encoding/json"
 	"errors"
-	"os"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/stretchr/testify/require"
+
+	"github.com/stalk-dev/stalk/internal/fixtures"
 )
 
 type captured struct {
@@ -25,43 +24,34 @@ type captured struct {
 }
 
 // captureBodies returns the bodies published to celeryev in the real
-// Celery 5.2.6 capture in shared/fixtures, or skips if it is not there.
+// Celery 5.2.6 capture (internal/fixtures embeds it).
 func captureBodies(tb testing.TB) []captured {
 	tb.Helper()
-	var path string
-	for _, p := range []string{
-		os.Getenv("STALK_FIXTURES"),
-		"../../shared/fixtures",
-		"../shared/fixtures",
-		"/work/shared/fixtures",
-	} {
-		if p == "" {
+	out, err := loadCaptured()
+	require.NoError(tb, err)
+	return out
+}
+
+func loadCaptured() ([]captured, error) {
+	msgs, err := fixtures.Load()
+	if err != nil {
+		return nil, err
+	}
+	var out []captured
+	for _, m := range msgs {
+		if m.Exchange != Exchange {
 			continue
 		}
-		f := filepath.Join(p, "celery-5.2.6", "capture.jsonl")
-		if _, err := os.Stat(f); err == nil {
-			path = f
-			break
-		}
-	}
-	if path == "" {
-		tb.Skip("celery-5.2.6/capture.jsonl not found (set STALK_FIXTURES)")
-	}
-	f, err := os.Open(path)
-	require.NoError(tb, err)
-	defer f.Close()
-	var out []captured
-	sc := bufio.NewScanner(f)
-	sc.Buffer(make([]byte, 1<<20), 16<<20)
-	for sc.Scan() {
 		var c captured
-		require.NoError(tb, json.Unmarshal(sc.Bytes(), &c))
-		if c.Exchange == Exchange {
-			out = append(out, c)
-		}
+		c.Body = m.Body
+		c.Exchange = m.Exchange
+		c.Properties.ContentType = m.Properties.ContentType
+		c.Properties.ContentEncoding = m.Properties.ContentEncoding
+		c.Properties.Headers = m.Properties.Headers
+		c.RoutingKeys = m.RoutingKeys
+		out = append(out, c)
 	}
-	require.NoError(tb, sc.Err())
-	return out
+	return out, nil
 }
 
 func TestDecodeCapture(t *testing.T) {
@@ -252,19 +242,7 @@ func FuzzDecodeEvents(f *testing.F) {
 	})
 }
 
-func captureBodiesOrNil() (out []captured) {
-	defer func() { _ = recover() }()
-	return captureBodies(&skipTB{})
+func captureBodiesOrNil() []captured {
+	out, _ := loadCaptured()
+	return out
 }
-
-// skipTB lets captureBodies run outside a test: Skip panics, which
-// captureBodiesOrNil recovers.
-type skipTB struct{ testing.TB }
-
-func (skipTB) Helper()               {}
-func (skipTB) Skip(...any)           { panic("skip") }
-func (skipTB) Errorf(string, ...any) { panic("error") }
-func (skipTB) FailNow()              { panic("fail") }
-func (skipTB) Fatalf(string, ...any) { panic("fatal") }
-func (skipTB) Logf(string, ...any)   {}
-func (skipTB) Cleanup(func())        {}
