@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"os"
 	"os/exec"
 	"regexp"
 	"strings"
@@ -171,6 +172,9 @@ func TestCLICallProgressTerminal(t *testing.T) {
 	t.Parallel()
 	script, err := exec.LookPath("script")
 	if err != nil {
+		if os.Getenv("STALK_REQUIRE_BROKER") == "1" {
+			t.Fatal("script(1) (util-linux) is needed for the pseudo-terminal test")
+		}
 		t.Skip("script(1) not installed: no pseudo-terminal")
 	}
 	ctx := ctxFor(t, 30*time.Second)
@@ -290,8 +294,10 @@ func TestCLIPing(t *testing.T) {
 func TestCLIEvents(t *testing.T) {
 	t.Parallel()
 	ctx := ctxFor(t, 60*time.Second)
-	stream := startEvents(t, ctx, "events", "--duration", "4s")
-	table := startEvents(t, ctx, "events", "--tasks", "--duration", "4s")
+	// Long enough for a task to get through a worker that other parallel
+	// tests keep busy.
+	stream := startEvents(t, ctx, "events", "--duration", "8s")
+	table := startEvents(t, ctx, "events", "--tasks", "--duration", "8s")
 	stream.ready(t)
 	table.ready(t)
 
