@@ -152,7 +152,10 @@ func TestRevokePingStoppedWorker(t *testing.T) {
 	assert.Contains(t, err.Error(), third.Hostname)
 	assert.NotContains(t, err.Error(), a.Hostname)
 	assert.ElementsMatch(t, []string{a.Hostname, b.Hostname}, workerNames(replies))
-	assert.NoError(t, ctx.Err(), "ping must end at the idle timeout (took %s)", took)
+	// The collection ends at the idle timeout after the last reply, not at
+	// ctx: about one second, with room for a loaded machine.
+	assert.GreaterOrEqual(t, took, time.Second, "ended before the idle timeout")
+	assert.Less(t, took, 5*time.Second, "ping must end at the idle timeout")
 	t.Logf("ping with a stopped destination took %s: %v", took, err)
 }
 
