@@ -148,6 +148,11 @@ func (p *publisher) publish(ctx context.Context, exchange, key, declare string, 
 		}
 		ok, err := dc.WaitContext(ctx)
 		if err != nil {
+			if p.conn.Blocked() {
+				// The alarm started with this publish: the broker holds it
+				// unconfirmed until the alarm clears.
+				return fmt.Errorf("%w: the broker is blocking publishes (resource alarm): %w", ErrNotConfirmed, err)
+			}
 			return fmt.Errorf("%w: %w", ErrNotConfirmed, err)
 		}
 		if ok {

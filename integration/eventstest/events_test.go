@@ -13,6 +13,7 @@ import (
 	"github.com/google/uuid"
 	"github.com/stretchr/testify/require"
 
+	"github.com/stalk-dev/stalk/amqp"
 	"github.com/stalk-dev/stalk/events"
 	"github.com/stalk-dev/stalk/integration/harness"
 	"github.com/stalk-dev/stalk/internal/broker"
@@ -318,6 +319,9 @@ func TestEventsOutOfOrderInjected(t *testing.T) {
 	require.Equal(t, "RuntimeError('x')", tk2.Exception)
 }
 
+// TestEventsTaskSentSeenByPython publishes with events.PublishTaskSent on a
+// channel of the caller's own; TestEventsClientSendSeenByPython covers the
+// task-sent events that Client.Send publishes.
 func TestEventsTaskSentSeenByPython(t *testing.T) {
 	p := newPublisher(t)
 	id := uuid.NewString()
@@ -394,6 +398,142 @@ wait:
 	require.True(t, strings.HasPrefix(sent.Hostname, fmt.Sprintf("gen%d@", os.Getpid())))
 	require.Equal(t, sent.Hostname, e["hostname"])
 	require.InDelta(t, float64(time.Now().Unix()), e["timestamp"], 120)
+}
+
+// Tasks sent with Client.Send on a client with WithSentEvents(true) produce
+// task-sent events that a Python celery.events Receiver decodes with the
+// fields, types and message properties Celery 5.2.6's own client sends
+// (PROTOCOL.md §8; fixtures/celery-5.2.6/capture.jsonl), and that its State
+// turns into PENDING tasks with the Go process as client.
+func TestEventsClientSendSeenByPython(t *testing.T) {
+	q := harness.Name("events-sent")
+	p := newPublisher(t)
+	t.Cleanup(func() {
+		// No worker consumes q: the tasks are only sent.
+		p.mu.Lock()
+		defer p.mu.Unlock()
+		_, _ = p.ch.QueueDelete(q, false, false, false)
+	})
+	c := harness.Dial(t, "events", q, amqp.WithSentEvents(true))
+	wait := startPySent(t, q, 2, 30*time.Second)
+
+	ctx := harness.Ctx(t, 30*time.Second)
+	before := time.Now()
+	r1, err := c.Send(ctx, "tasks.add", amqp.Args(2, 3), amqp.Queue(q))
+	require.NoError(t, err)
+	mid := time.Now()
+	eta := mid.Add(90 * time.Second)
+	expires := mid.Add(10 * time.Minute)
+	parent, root := uuid.NewString(), uuid.NewString()
+	r2, err := c.Send(ctx, "tasks.add", amqp.Args(2), amqp.Kwargs(map[string]any{"y": 3}), amqp.Queue(q),
+		amqp.ETA(eta), amqp.ExpiresAt(expires), amqp.ParentID(parent), amqp.RootID(root))
+	require.NoError(t, err)
+	after := time.Now()
+
+	got := wait()
+	require.Len(t, got.Seen, 2, "task-sent events for %s", q)
+	host := events.ClientHostname()
+	require.True(t, strings.HasPrefix(host, fmt.Sprintf("gen%d@", os.Getpid())))
+	require.Equal(t, got.UTCOffset, events.LocalUTCOffset(), "a Celery client on this host sends Python's utcoffset()")
+	iso := func(at time.Time) string { return at.UTC().Format("2006-01-02T15:04:05.000000") + "+00:00" }
+	type want struct {
+		id, args, kwargs, rootID string
+		parentID, eta, expires   any
+		from, to                 time.Time
+	}
+	var clocks []float64
+	for i, w := range []want{
+		{id: r1.ID(), args: "(2, 3)", kwargs: "{}", rootID: r1.ID(), from: before, to: mid},
+		{id: r2.ID(), args: "(2,)", kwargs: "{'y': 3}", rootID: root, parentID: parent,
+			eta: iso(eta), expires: iso(expires), from: mid, to: after},
+	} {
+		s := got.Seen[i]
+		// The body exactly as Celery's client publishes it: its keys in
+		// Celery's order, with Python's types.
+		require.Equal(t, []string{"hostname", "utcoffset", "pid", "clock", "uuid", "root_id", "parent_id",
+			"name", "args", "kwargs", "retries", "eta", "expires", "queue", "exchange", "routing_key",
+			"timestamp", "type"}, s.RawKeys, "task %d", i)
+		nullable := func(v any) string {
+			if v == nil {
+				return "NoneType"
+			}
+			return "str"
+		}
+		require.Equal(t, map[string]string{"hostname": "str", "utcoffset": "int", "pid": "int", "clock": "int",
+			"uuid": "str", "root_id": "str", "parent_id": nullable(w.parentID), "name": "str", "args": "str",
+			"kwargs": "str", "retries": "int", "eta": nullable(w.eta), "expires": nullable(w.expires),
+			"queue": "str", "exchange": "str", "routing_key": "str", "timestamp": "float", "type": "str"},
+			s.RawTypes, "task %d", i)
+		require.Equal(t, "celeryev", s.Props.Exchange)
+		require.Equal(t, "task.sent", s.Props.RoutingKey)
+		require.False(t, s.Props.Batch, "a client's task-sent is a single object")
+		require.Equal(t, "application/json", s.Props.ContentType)
+		require.Equal(t, "utf-8", s.Props.ContentEncoding)
+		require.Equal(t, 1, s.Props.DeliveryMode)
+		require.Equal(t, 0, s.Props.Priority)
+		require.Equal(t, map[string]any{"hostname": host}, s.Props.Headers)
+
+		// The event as the Receiver hands it to its handlers.
+		e := s.Event
+		require.Equal(t, "task-sent", e["type"])
+		require.Equal(t, w.id, e["uuid"])
+		require.Equal(t, "tasks.add", e["name"])
+		require.Equal(t, w.args, e["args"])
+		require.Equal(t, w.kwargs, e["kwargs"])
+		require.EqualValues(t, 0, e["retries"])
+		require.Equal(t, w.eta, e["eta"])
+		require.Equal(t, w.expires, e["expires"])
+		require.Equal(t, q, e["queue"])
+		require.Equal(t, "", e["exchange"])
+		require.Equal(t, q, e["routing_key"])
+		require.Equal(t, w.rootID, e["root_id"])
+		require.Equal(t, w.parentID, e["parent_id"])
+		require.Equal(t, host, e["hostname"])
+		require.EqualValues(t, os.Getpid(), e["pid"])
+		require.EqualValues(t, got.UTCOffset, e["utcoffset"])
+		// The client's own Lamport clock is in the body; the Receiver
+		// replaces it, as Celery does for task-sent, with its own clock - 1.
+		clock := s.Raw["clock"].(float64)
+		require.GreaterOrEqual(t, clock, 1.0)
+		clocks = append(clocks, clock)
+		// Published during Send; the Receiver's utcoffset adjustment is a
+		// no-op between two processes on one host.
+		ts := s.Raw["timestamp"].(float64)
+		require.GreaterOrEqual(t, ts, float64(w.from.UnixNano())/1e9-1e-6)
+		require.LessOrEqual(t, ts, float64(w.to.UnixNano())/1e9+1e-6)
+		require.InDelta(t, ts, e["timestamp"], 1e-6)
+		require.GreaterOrEqual(t, s.LocalReceived, ts-0.5)
+
+		// Python parses eta and expires as aware datetimes.
+		if w.eta == nil {
+			require.Nil(t, s.ETA)
+			require.Nil(t, s.Expires)
+		} else {
+			require.InDelta(t, float64(eta.UnixMicro())/1e6, s.ETA.TS, 1e-6)
+			require.InDelta(t, float64(expires.UnixMicro())/1e6, s.Expires.TS, 1e-6)
+			require.Equal(t, 0.0, *s.ETA.Offset)
+			require.Equal(t, 0.0, *s.Expires.Offset)
+		}
+
+		// celery.events.State: a PENDING task whose client is this process.
+		tk := s.Task
+		require.Equal(t, "PENDING", tk["state"])
+		require.Equal(t, host, tk["client"])
+		require.Nil(t, tk["worker"])
+		require.Equal(t, "tasks.add", tk["name"])
+		require.Equal(t, w.args, tk["args"])
+		require.Equal(t, w.kwargs, tk["kwargs"])
+		require.EqualValues(t, 0, tk["retries"])
+		require.Equal(t, w.eta, tk["eta"])
+		require.Equal(t, w.expires, tk["expires"])
+		require.Equal(t, "", tk["exchange"])
+		require.Equal(t, q, tk["routing_key"])
+		require.Equal(t, w.rootID, tk["root_id"])
+		require.Equal(t, w.parentID, tk["parent_id"])
+		require.InDelta(t, ts, tk["sent"], 1e-6)
+		require.InDelta(t, ts, tk["timestamp"], 1e-6)
+	}
+	require.Greater(t, clocks[1], clocks[0], "the client's clock goes forward")
 }
 
 func TestEventsMalformedSkipped(t *testing.T) {

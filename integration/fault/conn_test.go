@@ -2,8 +2,10 @@ package fault
 
 import (
 	"context"
+	"regexp"
 	"slices"
 	"sort"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -486,6 +488,7 @@ func TestFaultMemoryAlarm(t *testing.T) {
 		took := time.Since(start)
 		require.Error(t, err, "send %d under a memory alarm", i)
 		assert.ErrorIs(t, err, context.DeadlineExceeded)
+		assert.Contains(t, err.Error(), "resource alarm", "the error names the alarm")
 		assert.Less(t, took, 5*time.Second, "no hang past ctx")
 		t.Logf("send %d under the alarm: %v after %s", i, err, took.Round(time.Millisecond))
 	}
@@ -510,4 +513,49 @@ func TestFaultMemoryAlarm(t *testing.T) {
 	v, err := r2.Get(ctx)
 	require.NoError(t, err)
 	assert.Equal(t, int64(10), v)
+}
+
+// TestFaultDiskAlarm raises a broker disk alarm (a free-disk limit above
+// the disk's size): Send ends at its ctx with an error that names the
+// alarm, and works again once the alarm clears.
+func TestFaultDiskAlarm(t *testing.T) {
+	c := dial(t, harness.Name("disk-alarm"))
+	ctx := harness.Ctx(t, time.Minute)
+	r, err := c.Send(ctx, "tasks.add", amqp.Args(1, 1))
+	require.NoError(t, err)
+	_, err = r.Get(ctx)
+	require.NoError(t, err)
+
+	limit := "50MB" // RabbitMQ's default
+	if out, err := harness.Rabbitmqctl("eval", "application:get_env(rabbit, disk_free_limit)."); err == nil {
+		if m := regexp.MustCompile(`^\{ok,(\d+)\}`).FindStringSubmatch(strings.TrimSpace(out)); m != nil {
+			limit = m[1]
+		}
+	}
+	restore := func() {
+		if out, err := harness.Rabbitmqctl("set_disk_free_limit", limit); err != nil {
+			t.Errorf("restore disk_free_limit: %v: %s", err, out)
+		}
+	}
+	t.Cleanup(restore)
+	out, err := harness.Rabbitmqctl("set_disk_free_limit", "100000GB")
+	require.NoError(t, err, out)
+
+	short, cancel := context.WithTimeout(ctx, 3*time.Second)
+	start := time.Now()
+	_, err = c.Send(short, "tasks.add", amqp.Args(2, 2))
+	cancel()
+	took := time.Since(start)
+	require.Error(t, err, "send under a disk alarm")
+	assert.ErrorIs(t, err, context.DeadlineExceeded)
+	assert.Contains(t, err.Error(), "resource alarm")
+	assert.Less(t, took, 6*time.Second, "no hang past ctx")
+	t.Logf("send under the disk alarm: %v after %s", err, took.Round(time.Millisecond))
+
+	restore()
+	r, err = c.Send(ctx, "tasks.add", amqp.Args(3, 4))
+	require.NoError(t, err)
+	v, err := r.Get(ctx)
+	require.NoError(t, err)
+	assert.Equal(t, int64(7), v)
 }
