@@ -79,6 +79,16 @@ func Dial(ctx context.Context, url string, opts ...Option) (*Client, error) {
 	}
 	c.resConn = resConn
 	c.cons.conn = resConn
+	// A result in flight when the results connection drops may be lost:
+	// a wait that ends before it arrives says so, whether or not the
+	// broker is back by then.
+	resConn.OnStateChange(func(s broker.State) {
+		if s == broker.Reconnecting {
+			for _, e := range c.cons.reg.pendingEntries() {
+				e.MarkDisrupted()
+			}
+		}
+	})
 	c.cons.start()
 
 	pc := base

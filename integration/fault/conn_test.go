@@ -294,7 +294,7 @@ func TestFaultBrokerRestart(t *testing.T) {
 				// after the partition.
 				rs := make([]*result.AsyncResult, n)
 				for i := range rs {
-					r, err := c.Send(ctx, "tasks.add", amqp.Args(i, 100), amqp.Countdown(2*time.Second))
+					r, err := c.Send(ctx, "tasks.add", amqp.Args(i, 100), amqp.Countdown(3*time.Second))
 					require.NoError(t, err)
 					rs[i] = r
 				}
@@ -303,10 +303,10 @@ func TestFaultBrokerRestart(t *testing.T) {
 				// result publishes), persistent or not. They too start after
 				// the partition, so that their STARTED is in the queue.
 				var running []*result.AsyncResult
-				const runFor = 8 // seconds: well past stop_app
+				const runFor = 10 // seconds: well past stop_app
 				sentAt := time.Now()
 				for range 2 {
-					r, err := c.Send(ctx, "tasks.slow", amqp.Args(runFor), amqp.Queue(slowQ), amqp.Countdown(2*time.Second))
+					r, err := c.Send(ctx, "tasks.slow", amqp.Args(runFor), amqp.Queue(slowQ), amqp.Countdown(3*time.Second))
 					require.NoError(t, err)
 					running = append(running, r)
 				}
@@ -331,6 +331,14 @@ func TestFaultBrokerRestart(t *testing.T) {
 				assert.ErrorIs(t, err, context.DeadlineExceeded)
 				assert.Contains(t, err.Error(), "waiting for the broker")
 				t.Logf("Send while the broker is down: %v", err)
+				// A wait that ends while the broker is still down says the
+				// result may have been lost.
+				short, cancel = context.WithTimeout(ctx, 200*time.Millisecond)
+				_, err = rs[0].Get(short)
+				cancel()
+				assert.ErrorIs(t, err, result.ErrResultLost, "wait during the outage")
+				assert.ErrorIs(t, err, result.ErrTimeout, "wait during the outage")
+				t.Logf("Get while the broker is down: %v", err)
 				// A Send with a longer ctx waits for the broker and succeeds.
 				during := make(chan error, 1)
 				var duringR *result.AsyncResult
