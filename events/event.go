@@ -56,8 +56,9 @@ type Header struct {
 	// Hostname is the sender: a worker's nodename ("celery@host"), or
 	// "gen<pid>@host" for a client that publishes task-sent.
 	Hostname string
-	// UTCOffset is the sender's time.timezone//3600: hours *west* of UTC,
-	// so UTC+2 is -2.
+	// UTCOffset is the sender's Celery utcoffset() when it sent the event:
+	// its current offset, daylight saving included, in whole hours *west*
+	// of UTC (floored), so UTC+2 is -2.
 	UTCOffset int
 	// PID is the sending process (the worker's main process for worker
 	// events).

@@ -27,15 +27,16 @@ func ClientHostname() string {
 	return fmt.Sprintf("gen%d@%s", os.Getpid(), host)
 }
 
-// LocalUTCOffset returns Python's time.timezone//3600 for the local zone:
-// the standard (non-DST) offset in whole hours *west* of UTC, floored, so
-// UTC+2 gives -2 and UTC+5:30 gives -6.
-func LocalUTCOffset() int { return utcOffset(time.Local, time.Now().Year()) }
+// LocalUTCOffset returns what Celery's utcoffset() gives in this process
+// right now: the local zone's current offset, daylight saving included
+// (Python's time.altzone//3600 while DST is in effect, time.timezone//3600
+// otherwise), in whole hours *west* of UTC, floored: UTC+2 gives -2 and
+// UTC+5:30 gives -6.
+func LocalUTCOffset() int { return utcOffsetAt(time.Now()) }
 
-func utcOffset(loc *time.Location, year int) int {
-	_, jan := time.Date(year, time.January, 1, 0, 0, 0, 0, loc).Zone()
-	_, jul := time.Date(year, time.July, 1, 0, 0, 0, 0, loc).Zone()
-	east := min(jan, jul) // standard time is the smaller eastward offset
+// utcOffsetAt is Celery's utcoffset() at instant t in t's location.
+func utcOffsetAt(t time.Time) int {
+	_, east := t.Zone()
 	west := -east
 	q := west / 3600
 	if west%3600 != 0 && west < 0 {

@@ -55,18 +55,24 @@ func TestNewTaskSent(t *testing.T) {
 }
 
 func TestUTCOffset(t *testing.T) {
-	for name, want := range map[string]int{
-		"UTC":              0,
-		"Europe/Berlin":    -1, // standard time, not summer time
-		"America/New_York": 5,
-		"Asia/Kolkata":     -6, // -5.5 floored, as Python's //
-		"Australia/Sydney": -10,
+	winter := time.Date(2026, time.January, 15, 12, 0, 0, 0, time.UTC)
+	summer := time.Date(2026, time.July, 15, 12, 0, 0, 0, time.UTC)
+	for _, tc := range []struct {
+		zone           string
+		winter, summer int
+	}{
+		{"UTC", 0, 0},
+		{"Europe/Berlin", -1, -2}, // CEST in summer, as Python's altzone
+		{"America/New_York", 5, 4},
+		{"Asia/Kolkata", -6, -6}, // -5.5 floored, as Python's //
+		{"Australia/Sydney", -11, -10},
 	} {
-		loc, err := time.LoadLocation(name)
+		loc, err := time.LoadLocation(tc.zone)
 		if err != nil {
-			t.Logf("skip %s: %v", name, err)
+			t.Logf("skip %s: %v", tc.zone, err)
 			continue
 		}
-		require.Equal(t, want, utcOffset(loc, 2026), name)
+		require.Equal(t, tc.winter, utcOffsetAt(winter.In(loc)), "%s in January", tc.zone)
+		require.Equal(t, tc.summer, utcOffsetAt(summer.In(loc)), "%s in July", tc.zone)
 	}
 }
