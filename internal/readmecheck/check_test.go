@@ -1,5 +1,8 @@
 package readmecheck
 
+// Each function holds one of the README's Go snippets, verbatim (see
+// drift_test.go), wrapped so that it compiles.
+
 import (
 	"context"
 	"crypto/tls"
@@ -18,60 +21,101 @@ import (
 
 type Report struct{}
 
-func tour(ctx context.Context, logger zerolog.Logger, pool *x509.CertPool, reportID int, id string, reqCtx context.Context) error {
-	c, err := amqp.Dial(ctx, "amqps://app:secret@rabbit:5671/prod",
-		amqp.WithLogger(logger),
-		amqp.WithReplyMode(amqp.PerTask),
-		amqp.WithTLS(&tls.Config{RootCAs: pool}),
-		amqp.WithConnectionName("orders-api"),
-	)
+func intro(ctx context.Context, log zerolog.Logger) error {
+	c, err := amqp.Dial(ctx, "amqp://guest:guest@localhost:5672/", amqp.WithLogger(log))
 	if err != nil {
 		return err
 	}
+	defer c.Close()
+
+	r, err := c.Send(ctx, "tasks.add", amqp.Args(2, 3)) // returns once the broker confirms
+	v, err := r.Get(ctx)                                // int64(5), or a *result.TaskError
+	_ = v
+	return err
+}
+
+func dial(ctx context.Context, logger zerolog.Logger, pool *x509.CertPool) (*amqp.Client, error) {
+	c, err := amqp.Dial(ctx, "amqps://app:secret@rabbit:5671/prod",
+		amqp.WithLogger(logger),                  // zerolog; Nop by default; passwords redacted
+		amqp.WithReplyMode(amqp.PerTask),         // the default; or amqp.Shared
+		amqp.WithTLS(&tls.Config{RootCAs: pool}), // custom CA, client certs, ServerName
+		amqp.WithConnectionName("orders-api"),    // shown by rabbitmqctl list_connections
+	)
+	return c, err
+}
+
+func send(ctx context.Context, c *amqp.Client, reportID int) error {
 	r, err := c.Send(ctx, "reports.render",
 		amqp.Args(reportID),
 		amqp.Kwargs(map[string]any{"format": "pdf"}),
-		amqp.Queue("reports"),
-		amqp.Countdown(5*time.Second),
-		amqp.Expires(time.Hour),
+		amqp.Queue("reports"),         // declared with Celery's flags; default "celery"
+		amqp.Countdown(5*time.Second), // or amqp.ETA(t)
+		amqp.Expires(time.Hour),       // the worker revokes it if it has not started by then
 		amqp.Priority(5), amqp.TimeLimit(time.Minute), amqp.SoftTimeLimit(50*time.Second),
 	)
-	v, err := r.Get(ctx)
-	v, err = r.Get(ctx, result.Timeout(30*time.Second))
+	v, err := r.Get(ctx)                                // ctx bounds the wait
+	v, err = r.Get(ctx, result.Timeout(30*time.Second)) // Celery's timeout=
 	var out Report
-	err = r.GetInto(ctx, &out)
+	err = r.GetInto(ctx, &out) // decode the JSON result into a type
 	n, err := result.GetAs[int](ctx, r)
 	_, _ = v, n
+	return err
+}
+
+func failure(ctx context.Context, r *result.AsyncResult) {
+	_, err := r.Get(ctx)
 	var te *result.TaskError
 	if errors.As(err, &te) {
-		fmt.Println(te.Type, te.Module, te.Args, te.Traceback)
+		fmt.Println(te.Type, te.Module, te.Args, te.Traceback) // ValueError builtins [bad] Traceback...
 	}
-	_ = errors.Is(err, result.ErrTaskFailed) || errors.Is(err, result.ErrRevoked) || errors.Is(err, result.ErrTimeout)
-	v, err = r.Get(ctx, result.OnMessage(func(m result.Meta) {
+	errors.Is(err, result.ErrTaskFailed) // FAILURE
+	errors.Is(err, result.ErrRevoked)    // REVOKED
+	errors.Is(err, result.ErrTimeout)    // and errors.Is(err, context.DeadlineExceeded)
+}
+
+func progress(ctx context.Context, r *result.AsyncResult) (any, error) {
+	v, err := r.Get(ctx, result.OnMessage(func(m result.Meta) {
 		if m.Status == "PROGRESS" {
 			meta := m.Result.(map[string]any)
 			fmt.Printf("%v/%v\n", meta["current"], meta["total"])
 		}
 	}))
-	r.Then(func(v any) {}, func(err error) {})
-	onValue, onError := func(any) {}, func(error) {}
-	r.ThenContext(reqCtx, onValue, onError)
-	later := c.AsyncResult(id)
-	state := later.State()
-	_ = state
-	v, err = later.Get(ctx)
+	return v, err
+}
+
+func then(r *result.AsyncResult, log zerolog.Logger, reqCtx context.Context, onValue func(any), onError func(error)) {
+	r.Then(
+		func(v any) { log.Info().Any("value", v).Msg("done") },
+		func(err error) { log.Error().Err(err).Msg("failed") },
+	)
+	r.ThenContext(reqCtx, onValue, onError) // dropped, and collectable, once reqCtx ends
+}
+
+func attach(ctx context.Context, c *amqp.Client, id string) error {
+	later := c.AsyncResult(id) // sent earlier, perhaps by another process
+	state := later.State()     // PENDING until its latest state has arrived
+	v, err := later.Get(ctx)
 	ok, err := later.Exists(ctx)
-	_ = ok
-	err = later.Forget(ctx)
+	err = later.Forget(ctx) // deletes the result (and its reply queue)
+	_, _, _ = state, v, ok
+	return err
+}
+
+func revokeAndPing(ctx context.Context, c *amqp.Client, r *result.AsyncResult) error {
 	replies, err := r.Revoke(ctx, revoke.Terminate(), revoke.Signal("SIGKILL"), revoke.Wait(2*time.Second))
 	for _, rep := range replies {
 		fmt.Println(rep.Worker, rep.OK, rep.Err())
 	}
-	pongs, err := c.Control().Ping(ctx)
-	active, err := c.Control().Active(ctx)
-	revoked, err := c.Control().RevokedIDs(ctx)
-	_, _, _ = pongs, active, revoked
+	_, err = r.Get(ctx) // errors.Is(err, result.ErrRevoked)
 
+	pongs, err := c.Control().Ping(ctx)
+	active, err := c.Control().Active(ctx)      // worker -> running tasks
+	revoked, err := c.Control().RevokedIDs(ctx) // worker -> revoked ids
+	_, _, _ = pongs, active, revoked
+	return err
+}
+
+func follow(ctx context.Context) error {
 	recv, err := events.Dial(ctx, "amqp://guest:guest@localhost:5672/")
 	if err != nil {
 		return err
@@ -85,27 +129,36 @@ func tour(ctx context.Context, logger zerolog.Logger, pool *x509.CertPool, repor
 	if err != nil {
 		return err
 	}
-	<-sub.Closed()
+	<-sub.Closed() // until ctx ends
+	return nil
+}
 
+func canvas(ctx context.Context, c *amqp.Client) error {
+	// chain(add.s(1, 2), add.s(10), add.s(100)), every step routed to "math"
 	last, err := c.Apply(ctx, amqp.NewChain(
 		amqp.Sig("tasks.add", amqp.Args(1, 2)),
 		amqp.Sig("tasks.add", amqp.Args(10)),
 		amqp.Sig("tasks.add", amqp.Args(100)),
 	), amqp.Queue("math"))
-	v, err = last.(*result.AsyncResult).Get(ctx)
+	v, err := last.(*result.AsyncResult).Get(ctx) // 113; a failed step's error comes first
+
 	members := make([]amqp.Canvas, 50)
 	for i := range members {
 		members[i] = amqp.Sig("tasks.add", amqp.Args(i, i))
 	}
 	g, err := c.Group(ctx, members...)
-	for r, err := range g.Iter(ctx) {
-		_, _ = r, err
+	for r, err := range g.Iter(ctx) { // in completion order
+		fmt.Println(r.ID(), err)
 	}
-	values, err := g.Join(ctx, result.Propagate(false))
-	_ = values
-	_ = amqp.WithEvents()
-	_ = amqp.WithSentEvents(true)
-	_ = amqp.WithReplyQueue("orders-api-1")
-	_ = amqp.WithResultCache(1000, time.Hour)
+	values, err := g.Join(ctx, result.Propagate(false)) // member order; failures as *result.TaskError
+	_, _ = v, values
 	return err
+}
+
+// Options the README names in prose.
+var _ = []amqp.Option{
+	amqp.WithEvents(),
+	amqp.WithSentEvents(true),
+	amqp.WithReplyQueue("orders-api-1"),
+	amqp.WithResultCache(1000, time.Hour),
 }
