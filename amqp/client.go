@@ -232,6 +232,15 @@ func (c *Client) Forget(ctx context.Context, id string) error {
 	return c.cons.forget(ctx, id)
 }
 
+// Release implements result.Releaser: the client stops following id.
+// Waits on it end with an error wrapping result.ErrReleased; in per-task
+// mode its reply-queue consumer is cancelled, and the queue, with any
+// result stored in it, stays until it expires. A result that arrives
+// later in shared mode is kept in the result cache like any other. A
+// later AsyncResult(id) follows it again. Releasing a task that is not
+// pending does nothing.
+func (c *Client) Release(id string) { c.cons.release(id) }
+
 // ReplyMode returns the client's reply mode.
 func (c *Client) ReplyMode() ReplyMode { return c.cfg.mode }
 

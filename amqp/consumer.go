@@ -387,8 +387,19 @@ func (c *consumer) followOn(l *lane, e *result.Entry, gen uint64) error {
 		return err
 	}
 	c.fmu.Lock()
-	c.follows[id] = f
-	c.fmu.Unlock()
+	if !c.reg.isPending(id, e) {
+		// Released, forgotten or settled while the consumer was being
+		// set up; release looks for the follow only after dropping the
+		// entry, so it is this side's to cancel.
+		c.fmu.Unlock()
+		f.cancelled = true
+		if err := l.ch.Cancel(f.tag, true); err != nil {
+			c.log.Debug().Err(err).Str("task_id", id).Msg("cancel reply consumer")
+		}
+	} else {
+		c.follows[id] = f
+		c.fmu.Unlock()
+	}
 	c.wg.Add(1)
 	go func() {
 		defer c.wg.Done()
@@ -617,6 +628,26 @@ func (c *consumer) exists(ctx context.Context, id string) (bool, error) {
 		return false, fmt.Errorf("stalk: check reply queue of task %s: %w", id, err)
 	}
 	return q.Messages > 0, nil
+}
+
+// release stops following id: its pending waits fail with ErrReleased,
+// and in per-task mode its consumer is cancelled. Its reply queue and
+// whatever is stored in it stay.
+func (c *consumer) release(id string) {
+	e := c.reg.release(id)
+	if e == nil {
+		return
+	}
+	e.Fail(fmt.Errorf("%w: task %s", result.ErrReleased, id))
+	if c.cfg.mode == Shared {
+		return
+	}
+	c.fmu.Lock()
+	f := c.follows[id]
+	c.fmu.Unlock()
+	if f != nil {
+		c.unfollow(f, nil)
+	}
 }
 
 // forget drops id locally and deletes its per-task queue.

@@ -91,6 +91,23 @@ func (r *registry) drop(id string) *result.Entry {
 	return e
 }
 
+// release removes id from the pending entries, if it is pending, and
+// returns its entry. A settled entry stays in the cache.
+func (r *registry) release(id string) *result.Entry {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	e := r.pending[id]
+	delete(r.pending, id)
+	return e
+}
+
+// isPending reports whether e is id's pending entry.
+func (r *registry) isPending(id string, e *result.Entry) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.pending[id] == e
+}
+
 // lookup returns the entry for id without creating one.
 func (r *registry) lookup(id string) *result.Entry {
 	r.mu.Lock()

@@ -272,6 +272,26 @@ func (r *AsyncResult) Forget(ctx context.Context) error {
 	return r.backend.Forget(ctx, r.id)
 }
 
+// Release tells the backend to stop following the task in this process:
+// pending waits end with an error wrapping ErrReleased, and the backend
+// frees what it held for the task (in per-task mode, its reply-queue
+// consumer). Nothing is deleted: a later AsyncResult for the same id
+// follows it again and gets the stored result. Use it for ids that may
+// never get a result, such as ids a caller typed in, so that they do not
+// stay followed until the client closes. Release of a ready result does
+// nothing.
+func (r *AsyncResult) Release() error {
+	if r.id == "" {
+		return ErrEmptyID
+	}
+	rl, ok := r.backend.(Releaser)
+	if !ok {
+		return fmt.Errorf("stalk: backend %T cannot release a result", r.backend)
+	}
+	rl.Release(r.id)
+	return nil
+}
+
 // Revoke asks the workers to revoke the task: Celery's
 // revoke(terminate, signal, wait, timeout) as revoke.Terminate(),
 // revoke.Signal(...), revoke.Wait(timeout). Without revoke.Wait it returns

@@ -20,6 +20,12 @@ type Backend interface {
 	Forget(ctx context.Context, id string) error
 }
 
+// Releaser is implemented by backends that can stop following a task
+// before its result arrives (stalk's amqp.Client does).
+type Releaser interface {
+	Release(id string)
+}
+
 // Revoker is implemented by backends that can send Celery's revoke
 // broadcast (stalk's amqp.Client does).
 type Revoker interface {

@@ -32,6 +32,9 @@ var (
 	// ErrResultLost: the connection was lost, and the result may have been
 	// lost with it (a transient result across a broker restart).
 	ErrResultLost = errors.New("stalk: result may have been lost")
+	// ErrReleased: the client stopped following the task (Release) while
+	// the result was pending. The result itself is not lost.
+	ErrReleased = errors.New("stalk: released: this client stopped following the task")
 )
 
 // TaskError is a Celery exception decoded from a FAILURE, REVOKED or RETRY

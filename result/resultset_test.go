@@ -308,3 +308,20 @@ func TestAsyncResultThenContext(t *testing.T) {
 	_, err = New("x", nil).ThenContext(ctx, nil, nil).Wait(ctx)
 	assert.ErrorIs(t, err, ErrNoBackend)
 }
+
+type releasingFake struct {
+	*fakeBackend
+	released []string
+}
+
+func (f *releasingFake) Release(id string) { f.released = append(f.released, id) }
+
+func TestAsyncResultRelease(t *testing.T) {
+	err := New("a", newFake()).Release()
+	require.Error(t, err, "a backend without Release")
+	assert.Contains(t, err.Error(), "cannot release")
+	assert.ErrorIs(t, New("", newFake()).Release(), ErrEmptyID)
+	rf := &releasingFake{fakeBackend: newFake()}
+	require.NoError(t, New("b", rf).Release())
+	assert.Equal(t, []string{"b"}, rf.released)
+}

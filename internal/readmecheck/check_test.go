@@ -97,6 +97,7 @@ func attach(ctx context.Context, c *amqp.Client, id string) error {
 	v, err := later.Get(ctx)
 	ok, err := later.Exists(ctx)
 	err = later.Forget(ctx) // deletes the result (and its reply queue)
+	err = later.Release()   // or: stop following it here, and keep what is stored
 	_, _, _ = state, v, ok
 	return err
 }

@@ -1,0 +1,136 @@
+package core
+
+import (
+	"testing"
+	"time"
+
+	"github.com/google/uuid"
+	amqp091 "github.com/rabbitmq/amqp091-go"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/stalk-dev/stalk/amqp"
+	"github.com/stalk-dev/stalk/integration/harness"
+	"github.com/stalk-dev/stalk/result"
+)
+
+// consumersOn returns the number of consumers on queue, as the broker
+// counts them.
+func consumersOn(t *testing.T, queue string) int {
+	t.Helper()
+	return inspectQueue(t, queue).Consumers
+}
+
+// consumersIfExists is consumersOn for a queue that may not exist.
+func consumersIfExists(t *testing.T, queue string) (int, bool) {
+	t.Helper()
+	conn, err := amqp091.Dial(harness.BrokerURL())
+	require.NoError(t, err)
+	defer conn.Close()
+	ch, err := conn.Channel()
+	require.NoError(t, err)
+	defer ch.Close()
+	q, err := ch.QueueDeclarePassive(queue, true, false, false, false, nil)
+	if err != nil {
+		var ae *amqp091.Error
+		require.ErrorAs(t, err, &ae)
+		require.Equal(t, amqp091.NotFound, ae.Code, "%v", err)
+		return 0, false
+	}
+	return q.Consumers, true
+}
+
+// messagesIn returns the number of ready messages in queue.
+func messagesIn(t *testing.T, queue string) int {
+	t.Helper()
+	return inspectQueue(t, queue).Messages
+}
+
+func inspectQueue(t *testing.T, queue string) amqp091.Queue {
+	t.Helper()
+	conn, err := amqp091.Dial(harness.BrokerURL())
+	require.NoError(t, err)
+	defer conn.Close()
+	ch, err := conn.Channel()
+	require.NoError(t, err)
+	defer ch.Close()
+	q, err := ch.QueueDeclarePassive(queue, true, false, false, false, nil)
+	require.NoError(t, err)
+	return q
+}
+
+// An id that will never get a result stops being followed once released:
+// its waits end with ErrReleased, nothing stays pending, and in per-task
+// mode its consumer is gone. A task released before its result arrives
+// can still be read later, from its queue or from the result cache.
+func TestSendRelease(t *testing.T) {
+	forModes(t, func(t *testing.T, c *amqp.Client) {
+		ctx := harness.Ctx(t, 30*time.Second)
+		base := c.Stats().Pending
+
+		bogus := c.AsyncResult(uuid.NewString())
+		waitErr := make(chan error, 1)
+		go func() {
+			_, err := bogus.Get(ctx)
+			waitErr <- err
+		}()
+		require.Eventually(t, func() bool { return c.Stats().Pending == base+1 }, 10*time.Second, 5*time.Millisecond)
+		if c.ReplyMode() == amqp.PerTask {
+			require.Eventually(t, func() bool { return consumersOn(t, c.ReplyQueue(bogus.ID())) == 1 },
+				10*time.Second, 20*time.Millisecond, "attached: one consumer on its queue")
+		}
+		require.NoError(t, bogus.Release())
+		select {
+		case err := <-waitErr:
+			require.ErrorIs(t, err, result.ErrReleased)
+		case <-ctx.Done():
+			t.Fatal("a wait on a released result did not end")
+		}
+		assert.Equal(t, base, c.Stats().Pending)
+		if c.ReplyMode() == amqp.PerTask {
+			require.Eventually(t, func() bool { return consumersOn(t, c.ReplyQueue(bogus.ID())) == 0 },
+				10*time.Second, 20*time.Millisecond, "released: no consumer left")
+			require.NoError(t, c.AsyncResult(bogus.ID()).Forget(ctx))
+		}
+		require.NoError(t, bogus.Release(), "releasing twice is harmless")
+
+		// Released while its consumer is still being set up: the consumer
+		// does not outlive the release.
+		if c.ReplyMode() == amqp.PerTask {
+			ids := make([]string, 20)
+			for i := range ids {
+				ids[i] = uuid.NewString()
+				r := c.AsyncResult(ids[i])
+				require.Equal(t, result.Pending, r.State()) // attaches
+				require.NoError(t, r.Release())
+			}
+			assert.Equal(t, base, c.Stats().Pending)
+			time.Sleep(time.Second) // let every consumer setup finish
+			for _, id := range ids {
+				if n, ok := consumersIfExists(t, c.ReplyQueue(id)); ok {
+					assert.Zero(t, n, "a consumer outlived its release")
+				}
+				require.NoError(t, c.AsyncResult(id).Forget(ctx))
+			}
+		}
+
+		// Released before the result arrives; read later by id.
+		orphans := c.Stats().Orphans
+		r, err := c.Send(ctx, "tasks.slow", amqp.Args(1))
+		require.NoError(t, err)
+		require.NoError(t, r.Release())
+		_, err = r.Get(ctx)
+		require.ErrorIs(t, err, result.ErrReleased)
+		// The result arrives while nobody follows the task: in the shared
+		// queue it is kept as an orphan; in per-task mode it waits in the
+		// task's queue (STARTED and SUCCESS).
+		if c.ReplyMode() == amqp.Shared {
+			require.Eventually(t, func() bool { return c.Stats().Orphans >= orphans+1 }, 20*time.Second, 10*time.Millisecond)
+		} else {
+			require.Eventually(t, func() bool { return messagesIn(t, c.ReplyQueue(r.ID())) == 2 }, 20*time.Second, 20*time.Millisecond)
+		}
+		v, err := c.AsyncResult(r.ID()).Get(ctx)
+		require.NoError(t, err)
+		assert.Equal(t, int64(1), v)
+	})
+}
