@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"iter"
 	"slices"
+	"sort"
 	"strings"
 	"sync"
 	"time"
@@ -240,10 +241,46 @@ func watch(members []*AsyncResult, notify func(i int)) error {
 // arrivals returns a channel that receives the index of each member as it
 // becomes ready. It is buffered for every member, so it never blocks the
 // promises' dispatchers, even when nobody reads it any more.
+//
+// Members that are ready already come first, by the worker's completion
+// time (date_done), and without a callback each: joining a large set whose
+// results have mostly arrived starts no goroutine per member.
 func arrivals(members []*AsyncResult) (<-chan int, error) {
+	for _, r := range members {
+		if !r.ignored && r.Entry() == nil {
+			return nil, fmt.Errorf("stalk: result %s: %w", r.id, ErrNoBackend)
+		}
+	}
 	ch := make(chan int, len(members))
-	if err := watch(members, func(i int) { ch <- i }); err != nil {
-		return nil, err
+	type ready struct {
+		i    int
+		done time.Time
+	}
+	var now []ready
+	var later []int
+	for i, r := range members {
+		switch {
+		case r.ignored:
+			now = append(now, ready{i: i})
+		case r.Entry().Promise().Settled():
+			now = append(now, ready{i, r.Entry().DateDone()})
+		default:
+			later = append(later, i)
+		}
+	}
+	sort.SliceStable(now, func(a, b int) bool {
+		da, db := now[a].done, now[b].done
+		if da.IsZero() || db.IsZero() {
+			return !da.IsZero() && db.IsZero()
+		}
+		return da.Before(db)
+	})
+	for _, r := range now {
+		ch <- r.i
+	}
+	// The rest are queued as they settle, after those above.
+	for _, i := range later {
+		members[i].Entry().Promise().OnSettle(func(*Meta, error) { ch <- i })
 	}
 	return ch, nil
 }

@@ -325,3 +325,25 @@ func TestAsyncResultRelease(t *testing.T) {
 	require.NoError(t, New("b", rf).Release())
 	assert.Equal(t, []string{"b"}, rf.released)
 }
+
+// Members that are ready before the iteration starts come in the order the
+// worker finished them (date_done), and without a goroutine each.
+func TestIterReadyMembersByDateDone(t *testing.T) {
+	b := newFake()
+	rs := members(b, 4)
+	base := time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC)
+	for i, dt := range []int{3, 1, 2} { // member 3 stays pending
+		b.Attach(rs[i].ID()).Deliver(&Meta{TaskID: rs[i].ID(), Status: Success, Result: int64(i), DateDone: base.Add(time.Duration(dt) * time.Second)})
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	var order []string
+	for r, err := range NewResultSet(rs...).Iter(ctx) {
+		require.NoError(t, err)
+		order = append(order, r.ID())
+		if len(order) == 3 {
+			b.deliver(rs[3].ID(), Success, int64(3))
+		}
+	}
+	assert.Equal(t, []string{"t1", "t2", "t0", "t3"}, order)
+}
