@@ -63,6 +63,12 @@ type Receiver struct {
 	closeOnce sync.Once
 	done      chan struct{}
 
+	// subscribed is closed by the first Subscribe: events that arrive
+	// before it wait for it instead of being offered to nobody, so that a
+	// Durable queue's backlog reaches the first subscription.
+	subscribed chan struct{}
+	subOnce    sync.Once
+
 	received  atomic.Uint64
 	decoded   atomic.Uint64
 	malformed atomic.Uint64
@@ -108,7 +114,9 @@ func Dial(ctx context.Context, url string, opts ...Option) (*Receiver, error) {
 // NewReceiver returns a Receiver on a connection the caller owns: Close
 // stops the Receiver but leaves conn open. It declares and starts
 // consuming the event queue before returning, so that every event
-// published afterwards reaches the subscriptions present at that moment.
+// published afterwards is received: events that arrive before the first
+// Subscribe wait for it (as does the backlog of a Durable queue), and
+// after that each event reaches the subscriptions present when it arrives.
 // If conn is not Ready yet, NewReceiver waits for it until ctx ends. ctx
 // bounds only this setup.
 func NewReceiver(ctx context.Context, conn *broker.Conn, opts ...Option) (*Receiver, error) {
@@ -133,6 +141,8 @@ func newReceiver(ctx context.Context, conn *broker.Conn, owned bool, cfg config)
 		tag:   "stalk-events-" + uuid.NewString(),
 		subs:  map[*Subscription]struct{}{},
 		done:  make(chan struct{}),
+
+		subscribed: make(chan struct{}),
 	}
 	r.queue = r.newQueueName()
 	r.log = cfg.log.With().Str("component", "events").Logger()
@@ -248,6 +258,13 @@ func (r *Receiver) setup(conn *amqp091.Connection) error {
 // never runs user code and never blocks on a subscription.
 func (r *Receiver) consume(conn *amqp091.Connection, ch *amqp091.Channel, deliveries <-chan amqp091.Delivery) {
 	defer r.wg.Done()
+	if r.subscribed != nil {
+		select {
+		case <-r.subscribed:
+		case <-r.done:
+			return
+		}
+	}
 	for d := range deliveries {
 		r.handle(&d)
 	}
@@ -380,6 +397,9 @@ func (r *Receiver) Subscribe(ctx context.Context, handler func(Event), opts ...S
 	r.subs[s] = struct{}{}
 	r.wg.Add(1)
 	r.mu.Unlock()
+	if r.subscribed != nil {
+		r.subOnce.Do(func() { close(r.subscribed) })
+	}
 	go func() {
 		defer r.wg.Done()
 		s.run(ctx)
