@@ -425,7 +425,9 @@ func TestSendStableReplyQueueAfterRestart(t *testing.T) {
 	id := r.ID()
 	require.NoError(t, first.Close()) // the process "dies" before the result arrives
 
-	time.Sleep(1500 * time.Millisecond) // the result lands in the durable queue meanwhile
+	// The result lands in the durable queue while no process consumes it
+	// (STARTED and SUCCESS).
+	require.Eventually(t, func() bool { return messagesIn(t, name) == 2 }, 20*time.Second, 20*time.Millisecond)
 	second := dial(t, amqp.WithReplyQueue(name))
 	v, err := second.AsyncResult(id).Get(ctx)
 	require.NoError(t, err)
