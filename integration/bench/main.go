@@ -69,6 +69,7 @@ type config struct {
 	seq            int
 	lanes          int
 	pending        int
+	pendingPerTask int
 	pyN            int
 	ceilingN       int
 	pertaskN       int
@@ -135,6 +136,7 @@ func run() int {
 	flag.IntVar(&cfg.lanes, "lanes", 16, "channels for per-task mode and the queue ceiling")
 	flag.IntVar(&cfg.seq, "seq", 2000, "sequential round trips for latency")
 	flag.IntVar(&cfg.pending, "pending", 100000, "pending results for the memory test")
+	flag.IntVar(&cfg.pendingPerTask, "pending-pertask", 10000, "pending results for the per-task memory measurement (for information)")
 	flag.IntVar(&cfg.pyN, "pyn", 3000, "tasks for the Python client's throughput run")
 	flag.IntVar(&cfg.ceilingN, "ceilingn", 5000, "queues for the ceiling")
 	flag.IntVar(&cfg.pertaskN, "pertaskn", 5000, "tasks for per-task mode's throughput run")
@@ -150,6 +152,7 @@ func run() int {
 
 	if cfg.smoke {
 		cfg.n, cfg.seq, cfg.pyN, cfg.ceilingN, cfg.pertaskN, cfg.pending, cfg.rounds = 200, 50, 100, 200, 200, 2000, 1
+		cfg.pendingPerTask = 200
 		if cfg.partTimeout > 2*time.Minute {
 			cfg.partTimeout = 2 * time.Minute
 		}
@@ -226,6 +229,7 @@ type report struct {
 	ceilingCPU                                     float64 // µs per queue, median
 	pythonMissing                                  string
 	pending                                        *pendingReport
+	pendingPerTask                                 *pendingReport
 	channelsShared, channelsPerTask                *int
 	channelsPerTaskIdle, channelsPerTaskPending    int
 	failures                                       []string
@@ -370,7 +374,7 @@ func bench(ctx context.Context, cfg *config) (*report, error) {
 	}
 	if cfg.modes["memory"] && ctx.Err() == nil {
 		progress("memory: %d pending results in a child process", cfg.pending)
-		p, err := runPendingChild(part(), cfg)
+		p, err := runPendingChild(part(), cfg, "shared", cfg.pending)
 		switch {
 		case err != nil:
 			rep.fail("memory", err)
@@ -378,6 +382,12 @@ func bench(ctx context.Context, cfg *config) (*report, error) {
 			rep.fail("memory", fmt.Errorf("channels grew from %d to %d with %d pending results", p.ChannelsIdle, p.ChannelsPending, p.Pending))
 		default:
 			rep.pending = p
+		}
+		progress("memory: %d pending results in per-task mode in a child process (for information)", cfg.pendingPerTask)
+		if pp, err := runPendingChild(part(), cfg, "pertask", cfg.pendingPerTask); err != nil {
+			rep.fail("memory-pertask", err)
+		} else {
+			rep.pendingPerTask = pp
 		}
 		progress("channels in per-task mode with pending results")
 		idle, ch, n, err := pertaskChannels(part(), cfg)
@@ -494,6 +504,7 @@ func (r *report) jsonObject() map[string]any {
 		o["pending_count"] = p.Pending
 		o["pending_baseline_rss_mb"] = round3(p.BaselineRSSMB)
 		o["pending_heap_mb"] = round3(p.HeapMB)
+		o["pending_goroutines"] = p.Goroutines
 		o["channels_shared_idle"] = p.ChannelsIdle
 		o["channels_shared"] = p.ChannelsPending
 	} else if r.channelsShared != nil {
@@ -505,6 +516,13 @@ func (r *report) jsonObject() map[string]any {
 			o["channels_pertask_idle"] = r.channelsPerTaskIdle
 			o["channels_pertask_pending"] = r.channelsPerTaskPending
 		}
+	}
+	if p := r.pendingPerTask; p != nil {
+		o["pending_pertask_count"] = p.Pending
+		o["pending_pertask_rss_mb"] = round3(p.RSSMB)
+		o["pending_pertask_baseline_rss_mb"] = round3(p.BaselineRSSMB)
+		o["pending_pertask_heap_mb"] = round3(p.HeapMB)
+		o["pending_pertask_goroutines"] = p.Goroutines
 	}
 	o["channels_source"] = "rabbitmqctl"
 	if channelsFromClient.Load() || (r.pending != nil && r.pending.ChannelsSource != "rabbitmqctl") {
@@ -574,9 +592,13 @@ func (r *report) print(out io.Writer, cfg *config) {
 			r.python.Stalls, r.python.NoStallPerS, r.shared.PerS/r.python.NoStallPerS)
 	}
 	if p := r.pending; p != nil {
-		fmt.Fprintf(out, "memory: %d pending results (shared mode): RSS %.1f MB (%.1f MB before sending; Go heap in use %.1f MB)\n",
-			p.Pending, p.RSSMB, p.BaselineRSSMB, p.HeapMB)
+		fmt.Fprintf(out, "memory: %d pending results (shared mode): RSS %.1f MB (%.1f MB before sending; Go heap in use %.1f MB), %d goroutines\n",
+			p.Pending, p.RSSMB, p.BaselineRSSMB, p.HeapMB, p.Goroutines)
 		fmt.Fprintf(out, "channels, shared mode: %d with 1 pending result, %d with %d pending\n", p.ChannelsIdle, p.ChannelsPending, p.Pending)
+	}
+	if p := r.pendingPerTask; p != nil {
+		fmt.Fprintf(out, "memory: %d pending results (per-task mode): RSS %.1f MB (%.1f MB before sending; Go heap in use %.1f MB), %d goroutines\n",
+			p.Pending, p.RSSMB, p.BaselineRSSMB, p.HeapMB, p.Goroutines)
 	}
 	if r.channelsPerTask != nil && r.channelsPerTaskPending > 0 {
 		fmt.Fprintf(out, "channels, per-task mode: %d with 1 pending result, %d with %d pending\n", r.channelsPerTaskIdle, *r.channelsPerTask, r.channelsPerTaskPending)

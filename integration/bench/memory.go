@@ -32,6 +32,8 @@ type pendingReport struct {
 	ChannelsIdle    int     `json:"channels_idle"`   // with one result pending
 	ChannelsPending int     `json:"channels_pending"`
 	ChannelsSource  string  `json:"channels_source"` // "rabbitmqctl" or "client"
+	Mode            string  `json:"mode"`            // "shared" or "pertask"
+	Goroutines      int     `json:"goroutines"`      // with every result pending
 }
 
 type childParams struct {
@@ -41,19 +43,21 @@ type childParams struct {
 	Pending int    `json:"pending"`
 	Window  int    `json:"window"`
 	Expires string `json:"expires"`
+	Mode    string `json:"mode"`
+	Lanes   int    `json:"lanes"`
 }
 
-// runPendingChild runs the memory test in a child process and deletes its
-// queue afterwards.
-func runPendingChild(ctx context.Context, cfg *config) (*pendingReport, error) {
+// runPendingChild runs the memory test in a child process, with n results
+// pending in mode, and deletes its queue afterwards.
+func runPendingChild(ctx context.Context, cfg *config, mode string, n int) (*pendingReport, error) {
 	exe, err := os.Executable()
 	if err != nil {
 		return nil, err
 	}
-	q := cfg.prefix + "-pending"
+	q := cfg.prefix + "-pending-" + mode
 	defer deleteQueue(cfg, q)
-	p, _ := json.Marshal(childParams{URL: cfg.url, Prefix: cfg.prefix, Queue: q, Pending: cfg.pending,
-		Window: 256, Expires: cfg.ceilingExpires.String()})
+	p, _ := json.Marshal(childParams{URL: cfg.url, Prefix: cfg.prefix, Queue: q, Pending: n,
+		Window: 256, Expires: cfg.ceilingExpires.String(), Mode: mode, Lanes: cfg.lanes})
 	cmd := exec.CommandContext(ctx, exe)
 	cmd.Env = append(os.Environ(), childEnv+"="+string(p))
 	var stderr bytes.Buffer
@@ -93,27 +97,41 @@ func pendingChild(p childParams) (*pendingReport, error) {
 	if err != nil {
 		return nil, err
 	}
-	cfg := &config{url: p.URL, prefix: p.Prefix, taskQueue: p.Queue, ceilingExpires: expires}
-	c, err := stalkClient(ctx, cfg, "shared", "pending")
+	if p.Mode == "" {
+		p.Mode = "shared"
+	}
+	cfg := &config{url: p.URL, prefix: p.Prefix, taskQueue: p.Queue, ceilingExpires: expires, lanes: p.Lanes}
+	tag := "pending-" + p.Mode
+	c, err := stalkClient(ctx, cfg, p.Mode, tag)
 	if err != nil {
 		return nil, err
 	}
+	// Users hold their AsyncResults; so does the test.
+	results := make([]*result.AsyncResult, p.Pending)
 	defer func() {
 		c.Close()
 		deleteQueue(cfg, p.Queue)
-		deleteQueue(cfg, c.ReplyQueue(""))
+		if p.Mode == "shared" {
+			deleteQueue(cfg, c.ReplyQueue(""))
+			return
+		}
+		var ids []string
+		for _, r := range results {
+			if r != nil {
+				ids = append(ids, r.ID())
+			}
+		}
+		deleteReplyQueues(cfg, c, ids)
 	}()
-	rep := &pendingReport{Pending: p.Pending, ChannelsSource: "rabbitmqctl"}
+	rep := &pendingReport{Pending: p.Pending, ChannelsSource: "rabbitmqctl", Mode: p.Mode}
 	channels := func() int {
-		if n, conns, err := brokerChannels(ctx, p.Prefix+" pending"); err == nil && conns > 0 {
+		if n, conns, err := brokerChannels(ctx, p.Prefix+" "+tag); err == nil && conns > 0 {
 			return n
 		}
 		rep.ChannelsSource = "client"
 		return c.Stats().Channels
 	}
 
-	// Users hold their AsyncResults; so does the test.
-	results := make([]*result.AsyncResult, p.Pending)
 	first, err := c.Send(ctx, "tasks.echo", amqp.Args(0), amqp.Queue(p.Queue))
 	if err != nil {
 		return nil, err
@@ -151,6 +169,7 @@ func pendingChild(p childParams) (*pendingReport, error) {
 	default:
 	}
 	rep.RSSMB = vmRSSMB()
+	rep.Goroutines = runtime.NumGoroutine()
 	rep.ChannelsPending = channels()
 	if st := c.Stats(); st.Pending < p.Pending {
 		// Pending counts results somebody asked for; stalk may count a
