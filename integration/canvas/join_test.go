@@ -8,7 +8,6 @@ import (
 	"testing"
 	"time"
 
-	amqp091 "github.com/rabbitmq/amqp091-go"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
@@ -49,7 +48,7 @@ func TestCanvasJoinTenThousand(t *testing.T) {
 		}
 		ctx := harness.Ctx(t, 3*time.Minute)
 		q := harness.Name("join", c.ReplyMode().String())
-		t.Cleanup(func() { deleteQueue(t, q) })
+		t.Cleanup(func() { harness.DeleteQueue(t, q) })
 
 		ids := make([]string, n)
 		var next atomic.Int64
@@ -137,34 +136,9 @@ func TestCanvasJoinTenThousand(t *testing.T) {
 			// (callbacks never run on the consumer loop), and the echo
 			// worker runs in this process; nothing lives per member.
 			assert.Less(t, peak.Load()-int64(baseline), int64(n/10), "no goroutine per member")
-			assert.Equal(t, 1, consumers(t, c.ReplyQueue("")), "one consumer on the shared reply queue")
+			reply, ok := harness.InspectQueue(t, c.ReplyQueue(""))
+			require.True(t, ok)
+			assert.Equal(t, 1, reply.Consumers, "one consumer on the shared reply queue")
 		}
 	})
-}
-
-func consumers(t *testing.T, queue string) int {
-	t.Helper()
-	conn, err := amqp091.Dial(harness.BrokerURL())
-	require.NoError(t, err)
-	defer conn.Close()
-	ch, err := conn.Channel()
-	require.NoError(t, err)
-	defer ch.Close()
-	q, err := ch.QueueDeclarePassive(queue, true, false, false, false, nil)
-	require.NoError(t, err)
-	return q.Consumers
-}
-
-func deleteQueue(t *testing.T, queue string) {
-	conn, err := amqp091.Dial(harness.BrokerURL())
-	if err != nil {
-		t.Logf("delete %s: %v", queue, err)
-		return
-	}
-	defer conn.Close()
-	ch, err := conn.Channel()
-	if err != nil {
-		return
-	}
-	_, _ = ch.QueueDelete(queue, false, false, false)
 }

@@ -5,7 +5,6 @@ import (
 	"time"
 
 	"github.com/google/uuid"
-	amqp091 "github.com/rabbitmq/amqp091-go"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
@@ -18,45 +17,17 @@ import (
 // counts them.
 func consumersOn(t *testing.T, queue string) int {
 	t.Helper()
-	return inspectQueue(t, queue).Consumers
-}
-
-// consumersIfExists is consumersOn for a queue that may not exist.
-func consumersIfExists(t *testing.T, queue string) (int, bool) {
-	t.Helper()
-	conn, err := amqp091.Dial(harness.BrokerURL())
-	require.NoError(t, err)
-	defer conn.Close()
-	ch, err := conn.Channel()
-	require.NoError(t, err)
-	defer ch.Close()
-	q, err := ch.QueueDeclarePassive(queue, true, false, false, false, nil)
-	if err != nil {
-		var ae *amqp091.Error
-		require.ErrorAs(t, err, &ae)
-		require.Equal(t, amqp091.NotFound, ae.Code, "%v", err)
-		return 0, false
-	}
-	return q.Consumers, true
+	q, ok := harness.InspectQueue(t, queue)
+	require.True(t, ok, "queue %s exists", queue)
+	return q.Consumers
 }
 
 // messagesIn returns the number of ready messages in queue.
 func messagesIn(t *testing.T, queue string) int {
 	t.Helper()
-	return inspectQueue(t, queue).Messages
-}
-
-func inspectQueue(t *testing.T, queue string) amqp091.Queue {
-	t.Helper()
-	conn, err := amqp091.Dial(harness.BrokerURL())
-	require.NoError(t, err)
-	defer conn.Close()
-	ch, err := conn.Channel()
-	require.NoError(t, err)
-	defer ch.Close()
-	q, err := ch.QueueDeclarePassive(queue, true, false, false, false, nil)
-	require.NoError(t, err)
-	return q
+	q, ok := harness.InspectQueue(t, queue)
+	require.True(t, ok, "queue %s exists", queue)
+	return q.Messages
 }
 
 // An id that will never get a result stops being followed once released:
@@ -107,8 +78,8 @@ func TestSendRelease(t *testing.T) {
 			assert.Equal(t, base, c.Stats().Pending)
 			time.Sleep(time.Second) // let every consumer setup finish
 			for _, id := range ids {
-				if n, ok := consumersIfExists(t, c.ReplyQueue(id)); ok {
-					assert.Zero(t, n, "a consumer outlived its release")
+				if q, ok := harness.InspectQueue(t, c.ReplyQueue(id)); ok {
+					assert.Zero(t, q.Consumers, "a consumer outlived its release")
 				}
 				require.NoError(t, c.AsyncResult(id).Forget(ctx))
 			}
