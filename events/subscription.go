@@ -29,7 +29,6 @@ type Subscription struct {
 	draining bool // the handler goroutine exits once the buffer is empty
 	wake     chan struct{}
 	done     chan struct{}
-	stopOnce sync.Once
 
 	matched   atomic.Uint64
 	delivered atomic.Uint64

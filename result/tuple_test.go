@@ -16,7 +16,6 @@ type fakeBackend struct {
 	mu       sync.Mutex
 	entries  map[string]*Entry
 	forgot   []string
-	revoked  [][]string
 	attaches int
 }
 

@@ -456,14 +456,16 @@ func parseInterspersed(fs *flag.FlagSet, args []string) ([]string, error) {
 		}
 		name := strings.TrimLeft(arg, "-")
 		chunk := []string{arg}
-		if k := strings.IndexByte(name, '='); k >= 0 {
-			name = name[:k]
-		} else if f := fs.Lookup(name); f != nil && !isBoolFlag(f) {
-			if i+1 >= len(args) {
-				return nil, fmt.Errorf("flag needs a value: -%s", name)
+		// -name=value carries its value; -name takes the next argument
+		// unless it is a boolean flag.
+		if !strings.Contains(name, "=") {
+			if f := fs.Lookup(name); f != nil && !isBoolFlag(f) {
+				if i+1 >= len(args) {
+					return nil, fmt.Errorf("flag needs a value: -%s", name)
+				}
+				chunk = append(chunk, args[i+1])
+				i++
 			}
-			chunk = append(chunk, args[i+1])
-			i++
 		}
 		if err := fs.Parse(chunk); err != nil {
 			return nil, err

@@ -29,8 +29,6 @@ func TestMain(m *testing.M) {
 	}))
 }
 
-var modes = harness.Modes
-
 // forModes runs fn once per reply mode, each with its own client.
 func forModes(t *testing.T, fn func(t *testing.T, c *amqp.Client)) {
 	harness.ForModes(t, dial, fn)

@@ -101,7 +101,7 @@ func TestFaultTLS(t *testing.T) {
 		}
 	})
 
-	dialErr := func(t *testing.T, cfg *tls.Config) (error, time.Duration) {
+	dialErr := func(t *testing.T, cfg *tls.Config) (time.Duration, error) {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
 		start := time.Now()
@@ -110,11 +110,11 @@ func TestFaultTLS(t *testing.T) {
 			c.Close()
 		}
 		require.Error(t, err)
-		return err, time.Since(start)
+		return time.Since(start), err
 	}
 
 	t.Run("wrong server name", func(t *testing.T) {
-		err, took := dialErr(t, &tls.Config{RootCAs: p.roots, Certificates: []tls.Certificate{p.client}, ServerName: "other.stalk.test"})
+		took, err := dialErr(t, &tls.Config{RootCAs: p.roots, Certificates: []tls.Certificate{p.client}, ServerName: "other.stalk.test"})
 		t.Logf("after %s: %v", took.Round(time.Millisecond), err)
 		var he x509.HostnameError
 		assert.ErrorAs(t, err, &he)
@@ -124,7 +124,7 @@ func TestFaultTLS(t *testing.T) {
 	})
 
 	t.Run("unknown CA", func(t *testing.T) {
-		err, took := dialErr(t, &tls.Config{Certificates: []tls.Certificate{p.client}, ServerName: p.serverName})
+		took, err := dialErr(t, &tls.Config{Certificates: []tls.Certificate{p.client}, ServerName: p.serverName})
 		t.Logf("after %s: %v", took.Round(time.Millisecond), err)
 		var ue x509.UnknownAuthorityError
 		assert.ErrorAs(t, err, &ue)
@@ -132,7 +132,7 @@ func TestFaultTLS(t *testing.T) {
 	})
 
 	t.Run("no client certificate", func(t *testing.T) {
-		err, took := dialErr(t, &tls.Config{RootCAs: p.roots, ServerName: p.serverName})
+		took, err := dialErr(t, &tls.Config{RootCAs: p.roots, ServerName: p.serverName})
 		t.Logf("after %s: %v", took.Round(time.Millisecond), err)
 		require.Error(t, err)
 		// With TLS 1.3 the proxy's "certificate required" alert reaches the

@@ -1,3 +1,5 @@
+//lint:file-ignore U1000,SA4006 the functions hold the README's snippets verbatim; they only need to compile
+
 package readmecheck
 
 // Each function holds one of the README's Go snippets, verbatim (see
