@@ -112,3 +112,13 @@ def touch(path, text):
     with open(path, "w", encoding="utf-8") as f:
         f.write(text)
     return text
+
+
+@app.task(bind=True)
+def request_info(self, *names):
+    """Returns what the worker made of the message: the named request
+    attributes (custom headers become attributes) and the delivery info."""
+    info = {n: getattr(self.request, n, None) for n in names}
+    info["delivery_info"] = {k: self.request.delivery_info.get(k)
+                             for k in ("exchange", "routing_key")}
+    return info
