@@ -162,6 +162,9 @@ func TestSendKwargsNestedUnicode(t *testing.T) {
 		kw := map[string]any{"name": "Zoë ✓ 東京", "nested": map[string]any{"list": []any{1, "two", 3.5, nil, true}}}
 		r, err := c.Send(ctx, "tasks.echo", amqp.Args("a", 1), amqp.Kwargs(kw))
 		require.NoError(t, err)
+		assert.Equal(t, "tasks.echo", r.Name())
+		assert.Equal(t, []any{"a", 1}, r.Args(), "what was sent")
+		assert.Equal(t, kw, r.Kwargs(), "what was sent")
 		var got struct {
 			Args   []any          `json:"args"`
 			Kwargs map[string]any `json:"kwargs"`
