@@ -268,6 +268,12 @@ func (c *consumer) follow(ctx context.Context, e *result.Entry) error {
 	if c.cfg.mode == Shared {
 		return waitBroker(ctx, c.conn)
 	}
+	if err := shortString("per-task reply queue name", c.queueName(e.ID()), 0); err != nil {
+		return fmt.Errorf("stalk: task %.40s…: %w", e.ID(), err)
+	}
+	if err := shortString("consumer tag", consumerTag(e.ID()), 0); err != nil {
+		return fmt.Errorf("stalk: task %.40s…: %w", e.ID(), err)
+	}
 	l := c.pickLane()
 	for {
 		if err := waitBroker(ctx, c.conn); err != nil {
@@ -307,6 +313,9 @@ func (c *consumer) follow(ctx context.Context, e *result.Entry) error {
 		}
 	}
 }
+
+// consumerTag is the tag of the consumer on id's per-task reply queue.
+func consumerTag(id string) string { return "stalk-" + id }
 
 // waitBroker waits until conn is Ready. Its error says what it was
 // waiting for, and is ErrClosed once the client is closed.
@@ -381,7 +390,7 @@ func (c *consumer) followOn(l *lane, e *result.Entry, gen uint64) error {
 			return err
 		}
 	}
-	f := &follow{id: id, queue: q, tag: "stalk-" + id, lane: l, gen: gen}
+	f := &follow{id: id, queue: q, tag: consumerTag(id), lane: l, gen: gen}
 	deliveries, err := l.ch.Consume(q, f.tag, false, false, false, false, nil)
 	if err != nil {
 		return err

@@ -214,6 +214,22 @@ func buildTask(name string, cfg *sendConfig, defaultQueue string) (*taskMessage,
 	if cfg.taskID == "" {
 		return nil, errors.New("stalk: task id is empty")
 	}
+	var exchangeName string
+	if cfg.exchange != nil {
+		exchangeName = *cfg.exchange
+	}
+	var replyTo string
+	if cfg.replyTo != nil {
+		replyTo = *cfg.replyTo
+	}
+	for _, f := range []struct{ what, v string }{
+		{"task id", cfg.taskID}, {"queue", cfg.queue}, {"routing key", cfg.routingKey},
+		{"exchange", exchangeName}, {"reply_to", replyTo},
+	} {
+		if err := shortString(f.what, f.v, 0); err != nil {
+			return nil, fmt.Errorf("stalk: %w", err)
+		}
+	}
 	if cfg.countdown != nil {
 		if *cfg.countdown < 0 {
 			return nil, fmt.Errorf("stalk: negative countdown %s", *cfg.countdown)

@@ -130,6 +130,11 @@ func TestBuildTaskRejectsBadInput(t *testing.T) {
 		"priority":         {taskID: "x", priority: ptr(256)},
 		"own header":       {taskID: "x", headers: map[string]any{"task": "evil"}},
 		"bad header value": {taskID: "x", headers: map[string]any{"h": struct{}{}}},
+		"long task id":     {taskID: strings.Repeat("i", 256)},
+		"long queue":       {taskID: "x", queue: strings.Repeat("q", 256)},
+		"long routing key": {taskID: "x", routingKey: strings.Repeat("k", 256)},
+		"long exchange":    {taskID: "x", exchange: ptr(strings.Repeat("e", 256))},
+		"long reply_to":    {taskID: "x", replyTo: ptr(strings.Repeat("r", 256))},
 	}
 	for name, cfg := range cases {
 		t.Run(name, func(t *testing.T) {
@@ -238,4 +243,20 @@ func FuzzDecodeTask(f *testing.F) {
 			}
 		}
 	})
+}
+
+// amqp091-go silently truncates short strings over 255 bytes, so a long id
+// or name must be refused with an error that says why, and 255 must pass.
+func TestShortStringLimits(t *testing.T) {
+	_, err := buildTask("tasks.add", &sendConfig{taskID: strings.Repeat("i", 256)}, "celery")
+	require.Error(t, err)
+	assert.Contains(t, err.Error(), "task id is 256 bytes, over AMQP's 255-byte limit")
+	_, err = buildTask("tasks.add", &sendConfig{taskID: strings.Repeat("i", 255), queue: strings.Repeat("q", 255)}, "celery")
+	assert.NoError(t, err)
+
+	cfg := defaultConfig()
+	cfg.replyPrefix = strings.Repeat("p", 220)
+	err = cfg.validate()
+	require.Error(t, err)
+	assert.Contains(t, err.Error(), "reply queue prefix is 220 bytes; with 36 more")
 }

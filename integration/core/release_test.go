@@ -1,6 +1,7 @@
 package core
 
 import (
+	"strings"
 	"testing"
 	"time"
 
@@ -103,5 +104,36 @@ func TestSendRelease(t *testing.T) {
 		v, err := c.AsyncResult(r.ID()).Get(ctx)
 		require.NoError(t, err)
 		assert.Equal(t, int64(1), v)
+	})
+}
+
+// An id too long for AMQP (amqp091-go would silently truncate it, and the
+// reply would go to another queue) is refused at once with an error that
+// says so, by Send and by AsyncResult, and the client keeps working.
+func TestSendIDTooLong(t *testing.T) {
+	forModes(t, func(t *testing.T, c *amqp.Client) {
+		ctx := harness.Ctx(t, 30*time.Second)
+		long := strings.Repeat("x", 256)
+		_, err := c.Send(ctx, "tasks.add", amqp.Args(1, 2), amqp.TaskID(long))
+		require.Error(t, err)
+		assert.Contains(t, err.Error(), "task id is 256 bytes, over AMQP's 255-byte limit")
+
+		if c.ReplyMode() == amqp.PerTask {
+			// Fits as an id, but not as a queue name with the prefix.
+			id := strings.Repeat("y", 250)
+			start := time.Now()
+			_, err = c.AsyncResult(id).Get(ctx)
+			require.Error(t, err)
+			assert.Contains(t, err.Error(), "per-task reply queue name is")
+			assert.Less(t, time.Since(start), 5*time.Second, "refused at once, not at ctx")
+			_, err = c.Send(ctx, "tasks.add", amqp.Args(1, 2), amqp.TaskID(id))
+			require.Error(t, err)
+			assert.Contains(t, err.Error(), "per-task reply queue name is")
+		}
+		r, err := c.Send(ctx, "tasks.add", amqp.Args(1, 2))
+		require.NoError(t, err)
+		v, err := r.Get(ctx)
+		require.NoError(t, err)
+		assert.Equal(t, int64(3), v)
 	})
 }
