@@ -62,9 +62,20 @@ func (c *config) validate() error {
 	if c.queue == "" && c.prefix == "" {
 		return errors.New("events: QueuePrefix is empty")
 	}
+	// AMQP limits names and routing keys to 255 bytes, and amqp091-go
+	// truncates longer ones without a word; a generated name adds a UUID.
+	if len(c.queue) > 255 {
+		return fmt.Errorf("events: QueueName is %d bytes, over AMQP's 255-byte limit", len(c.queue))
+	}
+	if c.queue == "" && len(c.prefix)+37 > 255 {
+		return fmt.Errorf("events: QueuePrefix is %d bytes; with a generated UUID the name would exceed AMQP's 255-byte limit", len(c.prefix))
+	}
 	for _, p := range c.patterns {
 		if p == "" {
 			return errors.New("events: empty binding pattern")
+		}
+		if len(p) > 255 {
+			return fmt.Errorf("events: binding pattern is %d bytes, over AMQP's 255-byte limit", len(p))
 		}
 	}
 	if len(c.patterns) == 0 {

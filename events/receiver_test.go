@@ -3,6 +3,7 @@ package events
 import (
 	"context"
 	"fmt"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -162,4 +163,25 @@ func TestSubscriptionStopAndPanics(t *testing.T) {
 	r.shutdown()
 	_, err = r.Subscribe(context.Background(), func(Event) {})
 	require.ErrorIs(t, err, ErrClosed)
+}
+
+func TestOptionsRefuseOverlongNames(t *testing.T) {
+	long := strings.Repeat("n", 256)
+	for name, opt := range map[string]Option{
+		"QueueName":   QueueName(long),
+		"QueuePrefix": QueuePrefix(strings.Repeat("p", 230)),
+		"Bind":        Bind(long),
+	} {
+		cfg := defaultConfig()
+		opt(&cfg)
+		err := cfg.validate()
+		if err == nil || !strings.Contains(err.Error(), "255-byte limit") {
+			t.Errorf("%s: %v", name, err)
+		}
+	}
+	cfg := defaultConfig()
+	QueueName(strings.Repeat("n", 255))(&cfg)
+	if err := cfg.validate(); err != nil {
+		t.Errorf("255 bytes fit: %v", err)
+	}
 }
