@@ -26,7 +26,11 @@
 // code. Callbacks registered with Then run on the promise's own dispatcher,
 // OnMessage callbacks on the goroutine that called Get. The number of AMQP
 // channels is fixed: one for publishing, and one (Shared) or WithLanes
-// (PerTask) for results, however many results are pending.
+// (PerTask) for results, however many results are pending. In PerTask mode
+// each pending result also holds a consumer on the broker and two goroutines
+// (amqp091-go's delivery buffer and stalk's forwarder), about 10 KB in all;
+// a client follows an id until its result arrives, it is forgotten or
+// released (result.AsyncResult.Release), or the client closes.
 //
 // # Reconnects
 //
