@@ -36,11 +36,12 @@ func DeclareExchange(ch *amqp091.Channel) error {
 // celeryev.<uuid>, bound to the celeryev exchange, and hands the decoded
 // events to its subscriptions.
 //
-// One goroutine per connection reads the queue (no-ack, as Celery's
-// receiver does), decodes each body and offers each event to every
-// subscription's bounded buffer without ever blocking; handlers run on the
-// subscriptions' own goroutines. The broker bounds the queue too: events
-// older than MessageTTL are dropped there.
+// One goroutine per connection reads the queue, decodes each body, offers
+// each event to every subscription's bounded buffer without ever blocking
+// (handlers run on the subscriptions' own goroutines) and acknowledges it.
+// Until the first Subscribe it reads nothing: at most a prefetch window of
+// events (4,096) waits in this process and the rest wait in the queue, which
+// the broker bounds too: events older than MessageTTL are dropped there.
 //
 // The queue is declared and consumed on every (re)connect of the
 // underlying broker.Conn, so a Receiver survives connection loss; events
@@ -87,6 +88,9 @@ type Stats struct {
 	Dropped   uint64 // events dropped by subscriptions whose buffers were full, summed over subscriptions
 	Consumes  uint64 // times the queue was (re)consumed: 1 + reconnects
 }
+
+// prefetch bounds the events delivered to a receiver and not yet handled.
+const prefetch = 4096
 
 // Dial connects to url and returns a Receiver that owns the connection:
 // Close closes it. ctx bounds only the first connection and the queue
@@ -231,7 +235,15 @@ func (r *Receiver) setup(conn *amqp091.Connection) error {
 			return fail(fmt.Errorf("events: bind queue %s to %s with %q: %w", queue, Exchange, p, err))
 		}
 	}
-	deliveries, err := ch.Consume(queue, r.tag, true, exclusive, false, false, nil)
+	// Manual acknowledgements with a prefetch window: until the first
+	// Subscribe, at most prefetch events wait in this process and the rest
+	// stay in the queue (bounded there by MessageTTL); and events that were
+	// delivered but not handled when a connection drops are delivered again.
+	if err := ch.Qos(prefetch, 0, false); err != nil {
+		return fail(fmt.Errorf("events: set prefetch: %w", err))
+	}
+	closed := ch.NotifyClose(make(chan *amqp091.Error, 1))
+	deliveries, err := ch.Consume(queue, r.tag, false, exclusive, false, false, nil)
 	if err != nil {
 		return fail(fmt.Errorf("events: consume %s: %w", queue, err))
 	}
@@ -244,7 +256,7 @@ func (r *Receiver) setup(conn *amqp091.Connection) error {
 	r.wg.Add(1)
 	r.mu.Unlock()
 	r.consumes.Add(1)
-	go r.consume(conn, ch, deliveries)
+	go r.consume(conn, ch, deliveries, closed)
 	r.log.Debug().Str("queue", queue).Strs("patterns", r.cfg.patterns).Msg("consuming events")
 	if r.cfg.wake {
 		if err := wakeWorkers(conn); err != nil {
@@ -256,18 +268,22 @@ func (r *Receiver) setup(conn *amqp091.Connection) error {
 
 // consume is the delivery path for one channel: decode, offer, repeat. It
 // never runs user code and never blocks on a subscription.
-func (r *Receiver) consume(conn *amqp091.Connection, ch *amqp091.Channel, deliveries <-chan amqp091.Delivery) {
+func (r *Receiver) consume(conn *amqp091.Connection, ch *amqp091.Channel, deliveries <-chan amqp091.Delivery, chClosed <-chan *amqp091.Error) {
 	defer r.wg.Done()
 	if r.subscribed != nil {
 		select {
 		case <-r.subscribed:
 		case <-r.done:
 			return
+		case <-chClosed:
+			// The channel died before anyone subscribed. Nothing it held
+			// was acknowledged, so the broker delivers it again: discard
+			// the copies here and set up again below.
+			for range deliveries {
+			}
 		}
 	}
-	for d := range deliveries {
-		r.handle(&d)
-	}
+	r.handleAll(deliveries)
 	// The deliveries channel closed: the connection died (the broker hook
 	// redeclares on the next one), the Receiver closed, or only this
 	// channel died (a channel error, a basic.cancel): then consume again
@@ -283,6 +299,42 @@ func (r *Receiver) consume(conn *amqp091.Connection, ch *amqp091.Channel, delive
 	}
 	r.log.Warn().Msg("event consumer cancelled; consuming again")
 	r.retrySetup(conn)
+}
+
+// handleAll handles deliveries until the channel closes. It acknowledges
+// in batches (multiple=true): after 256 events, and whenever no further
+// delivery is waiting, so that nothing handled stays unacknowledged while
+// the queue is idle.
+func (r *Receiver) handleAll(deliveries <-chan amqp091.Delivery) {
+	const batch = 256
+	var last amqp091.Delivery
+	n := 0
+	ack := func() {
+		if n > 0 {
+			if err := last.Ack(true); err != nil {
+				r.log.Debug().Err(err).Msg("event ack")
+			}
+			n = 0
+		}
+	}
+	for {
+		var d amqp091.Delivery
+		var ok bool
+		select {
+		case d, ok = <-deliveries:
+		default:
+			ack()
+			d, ok = <-deliveries
+		}
+		if !ok {
+			return
+		}
+		r.handle(&d)
+		last = d
+		if n++; n >= batch {
+			ack()
+		}
+	}
 }
 
 // retrySetup sets up consuming on conn again in the background, with

@@ -12,6 +12,7 @@ import (
 
 	"github.com/stalk-dev/stalk/events"
 	"github.com/stalk-dev/stalk/integration/harness"
+	"github.com/stalk-dev/stalk/internal/broker"
 )
 
 const ingestEvents = 20000
@@ -192,4 +193,42 @@ func TestEventsDurableBacklog(t *testing.T) {
 	}
 	t.Logf("backlog: %d events drained, decoded and applied to a State in %s: %.0f events/s%s",
 		ingestEvents, elapsed.Round(time.Millisecond), float64(ingestEvents)/elapsed.Seconds(), race)
+}
+
+// A Durable receiver whose connection drops before anyone subscribed loses
+// nothing: what it held was not acknowledged, so the broker delivers it
+// again on the next connection, and the first subscription gets every
+// event exactly once.
+func TestEventsDurableBacklogAcrossReconnect(t *testing.T) {
+	const n = 2000
+	key := "task.stalk" + harness.RunID + "backlog-reconnect"
+	name := harness.Name("events-backlog-reconnect")
+	opts := []events.Option{events.Bind(key), events.Durable(), events.QueueName(name),
+		events.QueueExpires(2 * time.Minute), events.WithoutWake()}
+	ctx := harness.Ctx(t, time.Minute)
+	conn, err := broker.Dial(ctx, broker.Config{URL: harness.BrokerURL(), Name: harness.Name("events", t.Name())})
+	require.NoError(t, err)
+	defer conn.Close()
+	r, err := events.NewReceiver(ctx, conn, opts...)
+	require.NoError(t, err)
+	defer r.Close()
+	t.Cleanup(func() { _, _ = harness.Rabbitmqctl("delete_queue", name) })
+
+	p := newPublisher(t)
+	for i := range n {
+		p.publishEvent(t, key, "application/json", []byte(fmt.Sprintf(
+			`{"hostname": "backlog@test", "utcoffset": 0, "pid": 1, "clock": %d, "uuid": "br-%d", "timestamp": 1795739176.0, "type": "task-started"}`, i+1, i)))
+	}
+	time.Sleep(300 * time.Millisecond) // the receiver holds its prefetch window, unhandled
+	conn.Reset(fmt.Errorf("test: drop the connection before anyone subscribed"))
+	require.Eventually(t, func() bool { return r.Stats().Consumes >= 2 }, 20*time.Second, 10*time.Millisecond)
+
+	var got atomic.Int64
+	_, err = r.Subscribe(ctx, func(events.Event) { got.Add(1) }, events.Buffer(n))
+	require.NoError(t, err)
+	require.Eventually(t, func() bool { return got.Load() == n }, 20*time.Second, 10*time.Millisecond,
+		"every event of the backlog reaches the first subscription")
+	time.Sleep(200 * time.Millisecond)
+	require.EqualValues(t, n, got.Load(), "and only once")
+	require.EqualValues(t, n, r.Stats().Decoded)
 }
