@@ -65,8 +65,7 @@ func BenchmarkRegistryLifecycle(b *testing.B) {
 		id := ids[i%len(ids)]
 		r.register(result.NewEntry(id))
 		e, _, _ := r.route(id)
-		_ = e
-		r.settled(id)
+		r.settled(id, e, nil)
 		i++
 	}
 }

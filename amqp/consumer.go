@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -45,6 +46,7 @@ type consumer struct {
 
 	stats    counters
 	nextLane atomic.Uint64
+	tagSeq   atomic.Uint64 // numbers consumer tags
 
 	// Shared mode acknowledges in batches: the last delivery not yet
 	// acknowledged, and how many are covered by it. Loop goroutine only.
@@ -71,11 +73,13 @@ type lane struct {
 // follow is one per-task reply queue consumer.
 type follow struct {
 	id        string
+	entry     *result.Entry // the entry it was set up for
 	queue     string
 	tag       string
 	lane      *lane
 	gen       uint64
-	cancelled bool // by us (guarded by lane.mu)
+	cancelled bool        // by us (guarded by lane.mu)
+	released  atomic.Bool // its entry was released: deliveries go back to the queue
 }
 
 type inbound struct {
@@ -271,7 +275,7 @@ func (c *consumer) follow(ctx context.Context, e *result.Entry) error {
 	if err := shortString("per-task reply queue name", c.queueName(e.ID()), 0); err != nil {
 		return fmt.Errorf("stalk: task %.40s…: %w", e.ID(), err)
 	}
-	if err := shortString("consumer tag", consumerTag(e.ID()), 0); err != nil {
+	if err := shortString("consumer tag", consumerTag(e.ID(), maxTagSeq), 0); err != nil {
 		return fmt.Errorf("stalk: task %.40s…: %w", e.ID(), err)
 	}
 	l := c.pickLane()
@@ -308,14 +312,21 @@ func (c *consumer) follow(ctx context.Context, e *result.Entry) error {
 			return ctx.Err()
 		case <-time.After(20 * time.Millisecond):
 		}
-		if c.isFollowed(e.ID()) {
+		if c.isFollowed(e) {
 			return nil
 		}
 	}
 }
 
-// consumerTag is the tag of the consumer on id's per-task reply queue.
-func consumerTag(id string) string { return "stalk-" + id }
+// consumerTag is the tag of a consumer on id's per-task reply queue: unique
+// per consumer, so that a new consumer for the same id never reuses the tag
+// of one still being cancelled on the same channel.
+func consumerTag(id string, seq uint64) string {
+	return "stalk-" + strconv.FormatUint(seq, 10) + "-" + id
+}
+
+// maxTagSeq is the longest sequence number a consumer tag can carry.
+const maxTagSeq = ^uint64(0)
 
 // waitBroker waits until conn is Ready. Its error says what it was
 // waiting for, and is ErrClosed once the client is closed.
@@ -344,11 +355,11 @@ func closedErr(err error) error {
 	return err
 }
 
-func (c *consumer) isFollowed(id string) bool {
+func (c *consumer) isFollowed(e *result.Entry) bool {
 	c.fmu.Lock()
 	defer c.fmu.Unlock()
-	f := c.follows[id]
-	return f != nil && f.gen == c.gen.Load()
+	f := c.follows[e.ID()]
+	return f != nil && f.entry == e && f.gen == c.gen.Load()
 }
 
 // followOn declares and consumes e's queue on lane l, unless that was done
@@ -361,13 +372,13 @@ func (c *consumer) followOn(l *lane, e *result.Entry, gen uint64) error {
 		return amqp091.ErrClosed
 	}
 	c.fmu.Lock()
-	if f := c.follows[id]; f != nil && f.gen == gen {
+	if f := c.follows[id]; f != nil && f.gen == gen && f.entry == e {
 		c.fmu.Unlock()
 		return nil
 	}
 	c.fmu.Unlock()
-	if e.State().Ready() {
-		return nil
+	if e.State().Ready() || !c.reg.isPending(id, e) {
+		return nil // nothing to wait for, or released or forgotten meanwhile
 	}
 	q := c.queueName(id)
 	declare := true
@@ -390,7 +401,7 @@ func (c *consumer) followOn(l *lane, e *result.Entry, gen uint64) error {
 			return err
 		}
 	}
-	f := &follow{id: id, queue: q, tag: consumerTag(id), lane: l, gen: gen}
+	f := &follow{id: id, entry: e, queue: q, tag: consumerTag(id, c.tagSeq.Add(1)), lane: l, gen: gen}
 	deliveries, err := l.ch.Consume(q, f.tag, false, false, false, false, nil)
 	if err != nil {
 		return err
@@ -402,7 +413,11 @@ func (c *consumer) followOn(l *lane, e *result.Entry, gen uint64) error {
 		// entry, so it is this side's to cancel.
 		c.fmu.Unlock()
 		f.cancelled = true
-		if err := l.ch.Cancel(f.tag, true); err != nil {
+		f.released.Store(true)
+		// Waiting for cancel-ok: what the broker delivered before it
+		// reaches the loop, which requeues a final state, instead of
+		// being dropped unacknowledged by amqp091-go.
+		if err := l.ch.Cancel(f.tag, false); err != nil {
 			c.log.Debug().Err(err).Str("task_id", id).Msg("cancel reply consumer")
 		}
 	} else {
@@ -451,9 +466,12 @@ func (c *consumer) unfollow(f *follow, d *amqp091.Delivery) {
 	l.mu.Lock()
 	if !f.cancelled && l.gen == f.gen && l.ch != nil {
 		f.cancelled = true
-		// No-wait: the requeue below is sent after the cancel on the same
-		// channel, so the broker has stopped this consumer by then.
-		if err := l.ch.Cancel(f.tag, true); err != nil {
+		// With a final state to requeue, no-wait: the requeue below is sent
+		// after the cancel on the same channel, so the broker has stopped
+		// this consumer by then. Without one (Release, Forget), wait for
+		// cancel-ok, so that what the broker delivered meanwhile reaches
+		// the loop instead of being dropped unacknowledged by amqp091-go.
+		if err := l.ch.Cancel(f.tag, d != nil); err != nil {
 			c.log.Debug().Err(err).Str("task_id", f.id).Msg("cancel reply consumer")
 		}
 	}
@@ -520,6 +538,12 @@ func (c *consumer) handle(m inbound) {
 		return
 	}
 	d := m.d
+	if m.f != nil && m.f.released.Load() {
+		// Delivered between a Release and the cancel-ok of its consumer:
+		// the state stays in the task's queue, for later readers.
+		_ = d.Nack(false, true)
+		return
+	}
 	c.stats.received.Add(1)
 	meta, err := result.DecodeMessage(d.ContentType, d.ContentEncoding, d.Body, result.DecodeOptions{MaxBodySize: c.cfg.maxBody})
 	if err != nil {
@@ -541,7 +565,7 @@ func (c *consumer) handle(m inbound) {
 		c.stats.orphans.Add(1)
 		c.log.Debug().Str("task_id", meta.TaskID).Str("status", string(meta.Status)).Msg("result for a task nobody is waiting on; kept in the cache")
 	}
-	settled := func() { c.noteEvicted(c.reg.settled(meta.TaskID)) }
+	settled := func() { c.noteEvicted(c.reg.settled(meta.TaskID, e, meta)) }
 	switch e.DeliverWith(meta, settled) {
 	case result.Settled:
 	case result.Duplicate:
@@ -654,7 +678,10 @@ func (c *consumer) release(id string) {
 	c.fmu.Lock()
 	f := c.follows[id]
 	c.fmu.Unlock()
-	if f != nil {
+	if f != nil && f.entry == e {
+		// Another AsyncResult may have attached to id again meanwhile,
+		// with a follow of its own: that one stays.
+		f.released.Store(true)
 		c.unfollow(f, nil)
 	}
 }

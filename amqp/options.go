@@ -129,8 +129,9 @@ func (c *config) validate() error {
 }
 
 // maxShortString is AMQP's limit on queue and exchange names, routing keys,
-// correlation ids, reply_to and consumer tags. amqp091-go does not check
-// it: it silently truncates, so every such value is checked here first.
+// correlation ids, reply_to, consumer tags and header names. amqp091-go
+// does not check it: it silently truncates, so stalk checks every such
+// value it sends before sending it.
 const maxShortString = 255
 
 // shortString checks that v, plus room bytes that will be appended to it,

@@ -66,16 +66,23 @@ func (r *registry) route(id string) (e *result.Entry, known bool, evicted int) {
 	return e, false, evicted
 }
 
-// settled moves a settled pending entry into the cache.
-func (r *registry) settled(id string) (evicted int) {
+// settled moves e, which has just settled with m, from pending into the
+// cache. If e is no longer id's pending entry (released while m was being
+// delivered to it), m is kept in the cache under a fresh entry, unless the
+// cache has one for id already: a later reader of id still finds it.
+func (r *registry) settled(id string, e *result.Entry, m *result.Meta) (evicted int) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	e := r.pending[id]
-	if e == nil {
+	if r.pending[id] == e {
+		delete(r.pending, id)
+		return r.cache.put(id, e)
+	}
+	if r.pending[id] != nil || r.cache.get(id) != nil {
 		return 0
 	}
-	delete(r.pending, id)
-	return r.cache.put(id, e)
+	fresh := result.NewEntry(id)
+	fresh.Deliver(m)
+	return r.cache.put(id, fresh)
 }
 
 // drop forgets id entirely.

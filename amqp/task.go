@@ -316,6 +316,9 @@ func buildTask(name string, cfg *sendConfig, defaultQueue string) (*taskMessage,
 		h["parent_id"] = cfg.parentID
 	}
 	for k, v := range cfg.headers {
+		if err := shortString("header name", k, 0); err != nil {
+			return nil, fmt.Errorf("stalk: %w", err)
+		}
 		if _, own := h[k]; own {
 			return nil, fmt.Errorf("stalk: header %q is Celery's own and cannot be overridden", k)
 		}

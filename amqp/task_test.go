@@ -135,6 +135,7 @@ func TestBuildTaskRejectsBadInput(t *testing.T) {
 		"long routing key": {taskID: "x", routingKey: strings.Repeat("k", 256)},
 		"long exchange":    {taskID: "x", exchange: ptr(strings.Repeat("e", 256))},
 		"long reply_to":    {taskID: "x", replyTo: ptr(strings.Repeat("r", 256))},
+		"long header name": {taskID: "x", headers: map[string]any{strings.Repeat("h", 256): 1}},
 	}
 	for name, cfg := range cases {
 		t.Run(name, func(t *testing.T) {

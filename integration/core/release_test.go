@@ -86,6 +86,29 @@ func TestSendRelease(t *testing.T) {
 			}
 		}
 
+		// Attached and released over and over while the queue holds a
+		// final state: the state is never stranded on a cancelled
+		// consumer, and a later reader gets it.
+		if c.ReplyMode() == amqp.PerTask {
+			done, err := c.Send(ctx, "tasks.add", amqp.Args(20, 22))
+			require.NoError(t, err)
+			_, err = done.Get(ctx)
+			require.NoError(t, err)
+			other := dial(t)
+			for i := range 60 {
+				r := other.AsyncResult(done.ID())
+				_ = r.State() // attaches
+				// Release at different points of the consumer's setup.
+				time.Sleep(time.Duration(i%6) * 400 * time.Microsecond)
+				require.NoError(t, r.Release())
+			}
+			require.Eventually(t, func() bool { return messagesIn(t, c.ReplyQueue(done.ID())) == 1 },
+				10*time.Second, 20*time.Millisecond, "the final state is back in its queue")
+			v, err := dial(t).AsyncResult(done.ID()).Get(ctx)
+			require.NoError(t, err)
+			assert.Equal(t, int64(42), v)
+		}
+
 		// Released before the result arrives; read later by id.
 		orphans := c.Stats().Orphans
 		r, err := c.Send(ctx, "tasks.slow", amqp.Args(1))
