@@ -337,7 +337,8 @@ func (s *ResultSet) Wait(ctx context.Context, opts ...GetOption) (any, error) {
 // Propagate(false) each failed member's *TaskError is its value. A
 // transport error (ErrClosed, a deleted reply queue) is always returned.
 // Timeout and ctx bound the whole join; Callback runs for each member as it
-// arrives, in arrival order; OnInterval runs on Join's goroutine.
+// arrives, in arrival order (members ready before the join first, in the
+// order the worker finished them); OnInterval runs on Join's goroutine.
 // OnMessage is not supported for sets (Celery refuses it too) and
 // FollowParents has no effect.
 func (s *ResultSet) Join(ctx context.Context, opts ...GetOption) ([]any, error) {
