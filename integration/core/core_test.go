@@ -2,6 +2,7 @@ package core
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"math/big"
 	"os"
@@ -12,6 +13,7 @@ import (
 	"time"
 
 	"github.com/google/uuid"
+	amqp091 "github.com/rabbitmq/amqp091-go"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 	"go.uber.org/goleak"
@@ -428,13 +430,41 @@ func TestSendStableReplyQueueAfterRestart(t *testing.T) {
 	id := r.ID()
 	require.NoError(t, first.Close()) // the process "dies" before the result arrives
 
-	// The result lands in the durable queue while no process consumes it
-	// (STARTED and SUCCESS).
-	require.Eventually(t, func() bool { return messagesIn(t, name) == 2 }, 20*time.Second, 20*time.Millisecond)
+	// The final state lands in the durable queue while no process
+	// consumes it (STARTED too, unless it reached the first client before
+	// it closed).
+	require.Eventually(t, func() bool { return queueHoldsStatus(t, name, id, "SUCCESS") }, 20*time.Second, 50*time.Millisecond)
 	second := dial(t, amqp.WithReplyQueue(name))
 	v, err := second.AsyncResult(id).Get(ctx)
 	require.NoError(t, err)
 	assert.Equal(t, int64(1), v)
 	assert.Equal(t, amqp.Shared, second.ReplyMode())
 	assert.Equal(t, name, second.ReplyQueue(id))
+}
+
+// queueHoldsStatus reports whether queue holds a result message for id with
+// status. It reads the messages without acknowledging them, and closing its
+// channel puts them all back.
+func queueHoldsStatus(t *testing.T, queue, id, status string) bool {
+	t.Helper()
+	conn, err := amqp091.Dial(harness.BrokerURL())
+	require.NoError(t, err)
+	defer conn.Close()
+	ch, err := conn.Channel()
+	require.NoError(t, err)
+	defer ch.Close()
+	for {
+		d, ok, err := ch.Get(queue, false)
+		require.NoError(t, err)
+		if !ok {
+			return false
+		}
+		var m struct {
+			TaskID string `json:"task_id"`
+			Status string `json:"status"`
+		}
+		if json.Unmarshal(d.Body, &m) == nil && m.TaskID == id && m.Status == status {
+			return true
+		}
+	}
 }
