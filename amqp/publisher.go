@@ -4,7 +4,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
+	"net"
 	"sync"
+	"syscall"
 	"time"
 
 	amqp091 "github.com/rabbitmq/amqp091-go"
@@ -144,6 +147,15 @@ func (p *publisher) publish(ctx context.Context, exchange, key, declare string, 
 			if ch.IsClosed() {
 				continue
 			}
+			if connLost(err) {
+				// The socket broke before amqp091-go noticed: it closes the
+				// connection next. Publish again on the next one.
+				p.log.Debug().Err(err).Msg("publish failed on a broken connection; publishing again")
+				if err := p.waitNewChannel(ctx, ch); err != nil {
+					return err
+				}
+				continue
+			}
 			return fmt.Errorf("stalk: publish: %w", err)
 		}
 		ok, err := dc.WaitContext(ctx)
@@ -164,6 +176,14 @@ func (p *publisher) publish(ctx context.Context, exchange, key, declare string, 
 		}
 		return fmt.Errorf("%w: the broker nacked it", ErrNotConfirmed)
 	}
+}
+
+// connLost reports whether err from a publish means the connection is gone:
+// a closed channel or connection, or a failed write on the socket.
+func connLost(err error) bool {
+	var ne net.Error
+	return errors.Is(err, amqp091.ErrClosed) || errors.As(err, &ne) || errors.Is(err, io.EOF) ||
+		errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE)
 }
 
 // waitNewChannel waits until the hook has installed a channel other than old.

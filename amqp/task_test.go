@@ -2,8 +2,13 @@ package amqp
 
 import (
 	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
 	"math/big"
+	"net"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -260,4 +265,14 @@ func TestShortStringLimits(t *testing.T) {
 	err = cfg.validate()
 	require.Error(t, err)
 	assert.Contains(t, err.Error(), "reply queue prefix is 220 bytes; with 36 more")
+}
+
+func TestConnLost(t *testing.T) {
+	write := &net.OpError{Op: "write", Net: "tcp", Err: syscall.ECONNRESET}
+	for _, err := range []error{amqp091.ErrClosed, write, fmt.Errorf("wrapped: %w", write), io.EOF, syscall.EPIPE} {
+		assert.True(t, connLost(err), "%v", err)
+	}
+	for _, err := range []error{errors.New("bad frame"), amqp091.ErrFieldType} {
+		assert.False(t, connLost(err), "%v", err)
+	}
 }
