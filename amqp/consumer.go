@@ -272,10 +272,10 @@ func (c *consumer) follow(ctx context.Context, e *result.Entry) error {
 	if c.cfg.mode == Shared {
 		return waitBroker(ctx, c.conn)
 	}
-	if err := shortString("per-task reply queue name", c.queueName(e.ID()), 0); err != nil {
+	if err := broker.CheckShortString("per-task reply queue name", c.queueName(e.ID()), 0); err != nil {
 		return fmt.Errorf("stalk: task %.40s…: %w", e.ID(), err)
 	}
-	if err := shortString("consumer tag", consumerTag(e.ID(), maxTagSeq), 0); err != nil {
+	if err := broker.CheckShortString("consumer tag", consumerTag(e.ID(), maxTagSeq), 0); err != nil {
 		return fmt.Errorf("stalk: task %.40s…: %w", e.ID(), err)
 	}
 	l := c.pickLane()

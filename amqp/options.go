@@ -118,30 +118,12 @@ func (c *config) validate() error {
 		{"default queue", c.defaultQueue, 0}, {"reply queue", c.replyQueue, 0},
 		{"reply queue prefix", c.replyPrefix, 36},
 	} {
-		if err := shortString(f.what, f.v, f.room); err != nil {
+		if err := broker.CheckShortString(f.what, f.v, f.room); err != nil {
 			errs = append(errs, err)
 		}
 	}
 	if len(errs) > 0 {
 		return fmt.Errorf("stalk: invalid options: %w", errors.Join(errs...))
-	}
-	return nil
-}
-
-// maxShortString is AMQP's limit on queue and exchange names, routing keys,
-// correlation ids, reply_to, consumer tags and header names. amqp091-go
-// does not check it: it silently truncates, so stalk checks every such
-// value it sends before sending it.
-const maxShortString = 255
-
-// shortString checks that v, plus room bytes that will be appended to it,
-// fits in an AMQP short string.
-func shortString(what, v string, room int) error {
-	if len(v)+room > maxShortString {
-		if room > 0 {
-			return fmt.Errorf("%s is %d bytes; with %d more it would exceed AMQP's %d-byte limit on names", what, len(v), room, maxShortString)
-		}
-		return fmt.Errorf("%s is %d bytes, over AMQP's %d-byte limit on names and ids", what, len(v), maxShortString)
 	}
 	return nil
 }

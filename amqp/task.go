@@ -11,6 +11,8 @@ import (
 	"time"
 
 	amqp091 "github.com/rabbitmq/amqp091-go"
+
+	"github.com/stalk-dev/stalk/internal/broker"
 )
 
 // SendOption configures one Send.
@@ -226,7 +228,7 @@ func buildTask(name string, cfg *sendConfig, defaultQueue string) (*taskMessage,
 		{"task id", cfg.taskID}, {"queue", cfg.queue}, {"routing key", cfg.routingKey},
 		{"exchange", exchangeName}, {"reply_to", replyTo},
 	} {
-		if err := shortString(f.what, f.v, 0); err != nil {
+		if err := broker.CheckShortString(f.what, f.v, 0); err != nil {
 			return nil, fmt.Errorf("stalk: %w", err)
 		}
 	}
@@ -316,7 +318,7 @@ func buildTask(name string, cfg *sendConfig, defaultQueue string) (*taskMessage,
 		h["parent_id"] = cfg.parentID
 	}
 	for k, v := range cfg.headers {
-		if err := shortString("header name", k, 0); err != nil {
+		if err := broker.CheckShortString("header name", k, 0); err != nil {
 			return nil, fmt.Errorf("stalk: %w", err)
 		}
 		if _, own := h[k]; own {

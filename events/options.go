@@ -6,6 +6,8 @@ import (
 	"time"
 
 	"github.com/rs/zerolog"
+
+	"github.com/stalk-dev/stalk/internal/broker"
 )
 
 // Defaults for Receiver options.
@@ -64,18 +66,21 @@ func (c *config) validate() error {
 	}
 	// AMQP limits names and routing keys to 255 bytes, and amqp091-go
 	// truncates longer ones without a word; a generated name adds a UUID.
-	if len(c.queue) > 255 {
-		return fmt.Errorf("events: QueueName is %d bytes, over AMQP's 255-byte limit", len(c.queue))
+	if err := broker.CheckShortString("QueueName", c.queue, 0); err != nil {
+		return fmt.Errorf("events: %w", err)
 	}
-	if c.queue == "" && len(c.prefix)+37 > 255 {
-		return fmt.Errorf("events: QueuePrefix is %d bytes; with a generated UUID the name would exceed AMQP's 255-byte limit", len(c.prefix))
+	if c.queue == "" {
+		// A generated name is the prefix, a dot and a UUID.
+		if err := broker.CheckShortString("QueuePrefix", c.prefix, 37); err != nil {
+			return fmt.Errorf("events: %w", err)
+		}
 	}
 	for _, p := range c.patterns {
 		if p == "" {
 			return errors.New("events: empty binding pattern")
 		}
-		if len(p) > 255 {
-			return fmt.Errorf("events: binding pattern is %d bytes, over AMQP's 255-byte limit", len(p))
+		if err := broker.CheckShortString("binding pattern", p, 0); err != nil {
+			return fmt.Errorf("events: %w", err)
 		}
 	}
 	if len(c.patterns) == 0 {
