@@ -84,9 +84,7 @@ func Dial(ctx context.Context, url string, opts ...Option) (*Client, error) {
 	// broker is back by then.
 	resConn.OnStateChange(func(s broker.State) {
 		if s == broker.Reconnecting {
-			for _, e := range c.cons.reg.pendingEntries() {
-				e.MarkDisrupted()
-			}
+			c.cons.markDisrupted()
 		}
 	})
 	c.cons.start()

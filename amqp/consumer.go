@@ -130,14 +130,22 @@ func (c *consumer) start() {
 	go c.loop()
 }
 
+// markDisrupted records on every pending entry that the connection carrying
+// its result was lost, so that a wait that ends without the result says it
+// may have been lost.
+func (c *consumer) markDisrupted() {
+	for _, e := range c.reg.pendingEntries() {
+		e.MarkDisrupted()
+	}
+}
+
 // hook runs on every new results connection, before the client is Ready.
 func (c *consumer) hook(ctx context.Context, conn *amqp091.Connection) error {
 	gen := c.gen.Add(1)
 	if gen > 1 {
 		c.stats.reconnects.Add(1)
-		for _, e := range c.reg.pendingEntries() {
-			e.MarkDisrupted()
-		}
+		// Entries attached while the connection was down, too.
+		c.markDisrupted()
 	}
 	if c.cfg.mode == Shared {
 		return c.consumeShared(conn, gen)
@@ -412,14 +420,8 @@ func (c *consumer) followOn(l *lane, e *result.Entry, gen uint64) error {
 		// set up; release looks for the follow only after dropping the
 		// entry, so it is this side's to cancel.
 		c.fmu.Unlock()
-		f.cancelled = true
 		f.released.Store(true)
-		// Waiting for cancel-ok: what the broker delivered before it
-		// reaches the loop, which requeues a final state, instead of
-		// being dropped unacknowledged by amqp091-go.
-		if err := l.ch.Cancel(f.tag, false); err != nil {
-			c.log.Debug().Err(err).Str("task_id", id).Msg("cancel reply consumer")
-		}
+		c.cancelLocked(f, false)
 	} else {
 		c.follows[id] = f
 		c.fmu.Unlock()
@@ -459,21 +461,27 @@ func queueExists(conn *amqp091.Connection, q string) (bool, error) {
 	return true, nil
 }
 
+// cancelLocked cancels f's consumer on its lane's channel; the caller holds
+// f.lane.mu. Unless noWait, it waits for cancel-ok, so that what the broker
+// delivered before it reaches the loop (which requeues a final state)
+// instead of being dropped unacknowledged by amqp091-go.
+func (c *consumer) cancelLocked(f *follow, noWait bool) {
+	f.cancelled = true
+	if err := f.lane.ch.Cancel(f.tag, noWait); err != nil {
+		c.log.Debug().Err(err).Str("task_id", f.id).Msg("cancel reply consumer")
+	}
+}
+
 // unfollow cancels f's consumer (once) and then requeues d, if given, so
 // that the final state stays in the queue for other readers.
 func (c *consumer) unfollow(f *follow, d *amqp091.Delivery) {
 	l := f.lane
 	l.mu.Lock()
 	if !f.cancelled && l.gen == f.gen && l.ch != nil {
-		f.cancelled = true
 		// With a final state to requeue, no-wait: the requeue below is sent
 		// after the cancel on the same channel, so the broker has stopped
-		// this consumer by then. Without one (Release, Forget), wait for
-		// cancel-ok, so that what the broker delivered meanwhile reaches
-		// the loop instead of being dropped unacknowledged by amqp091-go.
-		if err := l.ch.Cancel(f.tag, d != nil); err != nil {
-			c.log.Debug().Err(err).Str("task_id", f.id).Msg("cancel reply consumer")
-		}
+		// this consumer by then. Without one (Release, Forget), wait.
+		c.cancelLocked(f, d != nil)
 	}
 	l.mu.Unlock()
 	c.fmu.Lock()
@@ -663,6 +671,13 @@ func (c *consumer) exists(ctx context.Context, id string) (bool, error) {
 	return q.Messages > 0, nil
 }
 
+// followOf returns the current follow of id, or nil.
+func (c *consumer) followOf(id string) *follow {
+	c.fmu.Lock()
+	defer c.fmu.Unlock()
+	return c.follows[id]
+}
+
 // release stops following id: its pending waits fail with ErrReleased,
 // and in per-task mode its consumer is cancelled. Its reply queue and
 // whatever is stored in it stay.
@@ -675,9 +690,7 @@ func (c *consumer) release(id string) {
 	if c.cfg.mode == Shared {
 		return
 	}
-	c.fmu.Lock()
-	f := c.follows[id]
-	c.fmu.Unlock()
+	f := c.followOf(id)
 	if f != nil && f.entry == e {
 		// Another AsyncResult may have attached to id again meanwhile,
 		// with a follow of its own: that one stays.
@@ -694,9 +707,7 @@ func (c *consumer) forget(ctx context.Context, id string) error {
 	if c.cfg.mode == Shared {
 		return nil
 	}
-	c.fmu.Lock()
-	f := c.follows[id]
-	c.fmu.Unlock()
+	f := c.followOf(id)
 	if f != nil {
 		c.unfollow(f, nil)
 	}
