@@ -12,44 +12,25 @@ import (
 	"github.com/stalk-dev/stalk/internal/fixtures"
 )
 
-type captured struct {
-	Body       json.RawMessage `json:"body"`
-	Exchange   string          `json:"exchange"`
-	Properties struct {
-		ContentType     string         `json:"content_type"`
-		ContentEncoding string         `json:"content_encoding"`
-		Headers         map[string]any `json:"headers"`
-	} `json:"properties"`
-	RoutingKeys []string `json:"routing_keys"`
-}
-
-// captureBodies returns the bodies published to celeryev in the real
+// captureBodies returns the messages published to celeryev in the real
 // Celery 5.2.6 capture (internal/fixtures embeds it).
-func captureBodies(tb testing.TB) []captured {
+func captureBodies(tb testing.TB) []fixtures.Message {
 	tb.Helper()
 	out, err := loadCaptured()
 	require.NoError(tb, err)
 	return out
 }
 
-func loadCaptured() ([]captured, error) {
+func loadCaptured() ([]fixtures.Message, error) {
 	msgs, err := fixtures.Load()
 	if err != nil {
 		return nil, err
 	}
-	var out []captured
+	var out []fixtures.Message
 	for _, m := range msgs {
-		if m.Exchange != Exchange {
-			continue
+		if m.Exchange == Exchange {
+			out = append(out, m)
 		}
-		var c captured
-		c.Body = m.Body
-		c.Exchange = m.Exchange
-		c.Properties.ContentType = m.Properties.ContentType
-		c.Properties.ContentEncoding = m.Properties.ContentEncoding
-		c.Properties.Headers = m.Properties.Headers
-		c.RoutingKeys = m.RoutingKeys
-		out = append(out, c)
 	}
 	return out, nil
 }
@@ -242,7 +223,7 @@ func FuzzDecodeEvents(f *testing.F) {
 	})
 }
 
-func captureBodiesOrNil() []captured {
+func captureBodiesOrNil() []fixtures.Message {
 	out, _ := loadCaptured()
 	return out
 }

@@ -270,17 +270,15 @@ func (r *Receiver) setup(conn *amqp091.Connection) error {
 // never runs user code and never blocks on a subscription.
 func (r *Receiver) consume(conn *amqp091.Connection, ch *amqp091.Channel, deliveries <-chan amqp091.Delivery, chClosed <-chan *amqp091.Error) {
 	defer r.wg.Done()
-	if r.subscribed != nil {
-		select {
-		case <-r.subscribed:
-		case <-r.done:
-			return
-		case <-chClosed:
-			// The channel died before anyone subscribed. Nothing it held
-			// was acknowledged, so the broker delivers it again: discard
-			// the copies here and set up again below.
-			for range deliveries {
-			}
+	select {
+	case <-r.subscribed:
+	case <-r.done:
+		return
+	case <-chClosed:
+		// The channel died before anyone subscribed. Nothing it held was
+		// acknowledged, so the broker delivers it again: discard the
+		// copies here and set up again below.
+		for range deliveries {
 		}
 	}
 	r.handleAll(deliveries)
@@ -449,9 +447,7 @@ func (r *Receiver) Subscribe(ctx context.Context, handler func(Event), opts ...S
 	r.subs[s] = struct{}{}
 	r.wg.Add(1)
 	r.mu.Unlock()
-	if r.subscribed != nil {
-		r.subOnce.Do(func() { close(r.subscribed) })
-	}
+	r.subOnce.Do(func() { close(r.subscribed) })
 	go func() {
 		defer r.wg.Done()
 		s.run(ctx)

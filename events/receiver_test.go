@@ -18,7 +18,8 @@ import (
 func offline() *Receiver {
 	cfg := defaultConfig()
 	_ = cfg.validate()
-	return &Receiver{cfg: cfg, log: cfg.log, subs: map[*Subscription]struct{}{}, done: make(chan struct{})}
+	return &Receiver{cfg: cfg, log: cfg.log, subs: map[*Subscription]struct{}{}, done: make(chan struct{}),
+		subscribed: make(chan struct{})}
 }
 
 func delivery(body string) *amqp091.Delivery {
