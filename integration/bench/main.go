@@ -241,6 +241,12 @@ type report struct {
 	notes []string
 }
 
+// channelsFromClient reports whether any channel count in the report came
+// from the client's own counter because rabbitmqctl could not count it.
+func (r *report) channelsFromClient() bool {
+	return channelsFromClient.Load() || (r.pending != nil && r.pending.ChannelsSource != "rabbitmqctl")
+}
+
 func (r *report) fail(part string, err error) {
 	r.failures = append(r.failures, fmt.Sprintf("%s: %v", part, err))
 	fmt.Fprintf(os.Stderr, "bench: %s failed: %v\n", part, err)
@@ -525,7 +531,7 @@ func (r *report) jsonObject() map[string]any {
 		o["pending_pertask_goroutines"] = p.Goroutines
 	}
 	o["channels_source"] = "rabbitmqctl"
-	if channelsFromClient.Load() || (r.pending != nil && r.pending.ChannelsSource != "rabbitmqctl") {
+	if r.channelsFromClient() {
 		o["channels_source"] = "client counters (rabbitmqctl could not count them)"
 	}
 	if r.pythonMissing != "" {
@@ -605,7 +611,7 @@ func (r *report) print(out io.Writer, cfg *config) {
 	} else if r.channelsPerTask != nil {
 		fmt.Fprintf(out, "channels, per-task mode: %d after the throughput run\n", *r.channelsPerTask)
 	}
-	if channelsFromClient.Load() || (r.pending != nil && r.pending.ChannelsSource != "rabbitmqctl") {
+	if r.channelsFromClient() {
 		fmt.Fprintf(out, "channels: counted by the client, not the broker (rabbitmqctl could not count them)\n")
 	}
 	for _, n := range r.notes {

@@ -9,7 +9,6 @@ import (
 	"os/exec"
 	"regexp"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -402,13 +401,13 @@ func jsonLines(t *testing.T, s string) []map[string]any {
 type bg struct {
 	cmd    *exec.Cmd
 	stdout bytes.Buffer
-	stderr *syncBuffer
+	stderr *harness.SyncBuffer
 	done   chan error
 }
 
 func startEvents(t *testing.T, ctx context.Context, args ...string) *bg {
 	t.Helper()
-	b := &bg{stderr: &syncBuffer{}, done: make(chan error, 1)}
+	b := &bg{stderr: &harness.SyncBuffer{}, done: make(chan error, 1)}
 	b.cmd = command(ctx, args...)
 	b.cmd.Stdout, b.cmd.Stderr = &b.stdout, b.stderr
 	require.NoError(t, b.cmd.Start())
@@ -441,22 +440,4 @@ func shellQuote(args []string) string {
 		q[i] = "'" + strings.ReplaceAll(a, "'", `'\''`) + "'"
 	}
 	return strings.Join(q, " ")
-}
-
-// syncBuffer is a bytes.Buffer safe for a writer and a reader.
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
 }

@@ -6,7 +6,6 @@ import (
 	"os/exec"
 	"sort"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -131,24 +130,6 @@ func waitMessages(t *testing.T, want map[string]int) topology {
 	}
 }
 
-// syncBuffer is a goroutine-safe log sink.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
-
 // celerySendScript sends tasks.add to $STALK_DECLARE_QUEUE with Celery's own
 // client (which declares the queue's exchange, queue and binding from
 // app.amqp.queues, the same kombu Queue a worker consuming it declares), and
@@ -256,7 +237,7 @@ func TestSendDeclaresCeleryTopology(t *testing.T) {
 	assert.Empty(t, kv.Exchange.Arguments, "kombu exchange arguments")
 
 	// stalk declares qGo and publishes a task to it.
-	var logs syncBuffer
+	var logs harness.SyncBuffer
 	logger := amqp.WithLogger(zerolog.New(zerolog.MultiLevelWriter(zerolog.NewTestWriter(t), &logs)).Level(zerolog.WarnLevel))
 	c1 := dial(t, logger)
 	r1, err := c1.Send(ctx, "tasks.add", amqp.Args(2, 3), amqp.Queue(qGo))

@@ -45,13 +45,7 @@ func TestEventsIngest(t *testing.T) {
 	}, events.Buffer(100), events.OnOverflow(events.DropOldest))
 	require.NoError(t, err)
 
-	conn, err := amqp091.Dial(harness.BrokerURL())
-	require.NoError(t, err)
-	defer conn.Close()
-	ch, err := conn.Channel()
-	require.NoError(t, err)
-	require.NoError(t, ch.Confirm(false))
-	confirms := ch.NotifyPublish(make(chan amqp091.Confirmation, ingestEvents))
+	ch, confirms := confirmingChannel(t, ingestEvents)
 	base := float64(time.Now().UnixNano()) / 1e9
 	start := time.Now()
 	for i := range ingestEvents {
@@ -140,13 +134,7 @@ func TestEventsDurableBacklog(t *testing.T) {
 	require.NoError(t, first.Close()) // the queue stays, and keeps receiving
 	t.Cleanup(func() { _, _ = harness.Rabbitmqctl("delete_queue", name) })
 
-	conn, err := amqp091.Dial(harness.BrokerURL())
-	require.NoError(t, err)
-	defer conn.Close()
-	ch, err := conn.Channel()
-	require.NoError(t, err)
-	require.NoError(t, ch.Confirm(false))
-	confirms := ch.NotifyPublish(make(chan amqp091.Confirmation, ingestEvents))
+	ch, confirms := confirmingChannel(t, ingestEvents)
 	ts := float64(time.Now().UnixNano()) / 1e9
 	for i := range ingestEvents {
 		body := fmt.Sprintf(`{"hostname": "backlog@test", "utcoffset": 0, "pid": 1, "clock": %d, "uuid": "backlog-%d", "timestamp": %f, "type": "task-started"}`, i+1, i, ts)

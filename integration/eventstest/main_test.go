@@ -109,6 +109,20 @@ func (p *publisher) sendTaskSent(t *testing.T, m taskMsg) events.TaskSent {
 	return ev
 }
 
+// confirmingChannel opens a channel of its own in confirm mode, with room
+// for n publisher confirms, for tests that publish many events and then
+// wait for every confirm.
+func confirmingChannel(t *testing.T, n int) (*amqp091.Channel, <-chan amqp091.Confirmation) {
+	t.Helper()
+	conn, err := amqp091.Dial(harness.BrokerURL())
+	require.NoError(t, err)
+	t.Cleanup(func() { conn.Close() })
+	ch, err := conn.Channel()
+	require.NoError(t, err)
+	require.NoError(t, ch.Confirm(false))
+	return ch, ch.NotifyPublish(make(chan amqp091.Confirmation, n))
+}
+
 // publishEvent publishes a raw body to celeryev.
 func (p *publisher) publishEvent(t *testing.T, key, contentType string, body []byte) {
 	t.Helper()

@@ -6,7 +6,6 @@
 package fault
 
 import (
-	"bytes"
 	"fmt"
 	"os"
 	"regexp"
@@ -67,25 +66,6 @@ func TestMain(m *testing.M) {
 }
 
 var modes = []amqp.ReplyMode{amqp.PerTask, amqp.Shared}
-
-// logBuf collects a client's log lines for the test to inspect, and
-// forwards warnings and errors to t.Log.
-type logBuf struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *logBuf) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *logBuf) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
 
 // dial connects a client named after the test, sending to transientQ unless
 // opts say otherwise. Its connections are named <name>-results and

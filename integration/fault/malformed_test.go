@@ -56,7 +56,7 @@ func TestFaultMalformedMessages(t *testing.T) {
 	const maxBody = 64 << 10
 	for _, mode := range modes {
 		t.Run(mode.String(), func(t *testing.T) {
-			logs := &logBuf{}
+			logs := &harness.SyncBuffer{}
 			c := dial(t, harness.Name("malformed", mode.String()), amqp.WithReplyMode(mode),
 				amqp.WithMaxBodySize(maxBody),
 				amqp.WithLogger(zerolog.New(logs).Level(zerolog.DebugLevel)))

@@ -210,7 +210,7 @@ func TestFaultPasswordNeverLogged(t *testing.T) {
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
-			logs := &logBuf{}
+			logs := &harness.SyncBuffer{}
 			ctx, cancel := context.WithTimeout(context.Background(), tc.wait)
 			defer cancel()
 			start := time.Now()
@@ -251,7 +251,7 @@ func TestFaultPermissionDenied(t *testing.T) {
 			user := harness.Name("noperm", string(rune('a'+i)))
 			vhost := harness.Name("vhost", string(rune('a'+i)))
 			brokerUser(t, user, "pw-"+harness.RunID, vhost, tc.perms...)
-			logs := &logBuf{}
+			logs := &harness.SyncBuffer{}
 			ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 			defer cancel()
 			start := time.Now()
