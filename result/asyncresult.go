@@ -10,7 +10,6 @@ import (
 	"time"
 
 	"github.com/stalk-dev/stalk/promise"
-	"github.com/stalk-dev/stalk/revoke"
 )
 
 // AsyncResult is a handle on one Celery task's result. Accessors that only
@@ -296,7 +295,7 @@ func (r *AsyncResult) Release() error {
 // revoke(terminate, signal, wait, timeout) as revoke.Terminate(),
 // revoke.Signal(...), revoke.Wait(timeout). Without revoke.Wait it returns
 // once the broker has confirmed the broadcast, with no replies.
-func (r *AsyncResult) Revoke(ctx context.Context, opts ...revoke.Option) ([]revoke.Reply, error) {
+func (r *AsyncResult) Revoke(ctx context.Context, opts ...ControlOption) ([]ControlReply, error) {
 	rv, ok := r.backend.(Revoker)
 	if !ok {
 		return nil, fmt.Errorf("stalk: backend %T cannot revoke", r.backend)
@@ -306,7 +305,7 @@ func (r *AsyncResult) Revoke(ctx context.Context, opts ...revoke.Option) ([]revo
 
 // RevokeByStampedHeaders revokes every task stamped with one of the given
 // header values (Celery 5.3+ workers).
-func (r *AsyncResult) RevokeByStampedHeaders(ctx context.Context, headers map[string][]string, opts ...revoke.Option) ([]revoke.Reply, error) {
+func (r *AsyncResult) RevokeByStampedHeaders(ctx context.Context, headers map[string][]string, opts ...ControlOption) ([]ControlReply, error) {
 	rv, ok := r.backend.(Revoker)
 	if !ok {
 		return nil, fmt.Errorf("stalk: backend %T cannot revoke", r.backend)

@@ -2,8 +2,6 @@ package result
 
 import (
 	"context"
-
-	"github.com/stalk-dev/stalk/revoke"
 )
 
 // Backend is what an AsyncResult needs from a transport. stalk's amqp
@@ -29,6 +27,6 @@ type Releaser interface {
 // Revoker is implemented by backends that can send Celery's revoke
 // broadcast (stalk's amqp.Client does).
 type Revoker interface {
-	Revoke(ctx context.Context, ids []string, opts ...revoke.Option) ([]revoke.Reply, error)
-	RevokeByStampedHeaders(ctx context.Context, headers map[string][]string, opts ...revoke.Option) ([]revoke.Reply, error)
+	Revoke(ctx context.Context, ids []string, opts ...ControlOption) ([]ControlReply, error)
+	RevokeByStampedHeaders(ctx context.Context, headers map[string][]string, opts ...ControlOption) ([]ControlReply, error)
 }

@@ -12,7 +12,6 @@ import (
 	"time"
 
 	"github.com/stalk-dev/stalk/promise"
-	"github.com/stalk-dev/stalk/revoke"
 )
 
 // ErrNotMember is returned by ResultSet.Remove for a result the set does
@@ -179,7 +178,7 @@ func (s *ResultSet) Forget(ctx context.Context) error {
 
 // Revoke revokes every member with one broadcast that lists all their ids,
 // as Celery does. It needs the members' backend to implement Revoker.
-func (s *ResultSet) Revoke(ctx context.Context, opts ...revoke.Option) ([]revoke.Reply, error) {
+func (s *ResultSet) Revoke(ctx context.Context, opts ...ControlOption) ([]ControlReply, error) {
 	members := s.Results()
 	if len(members) == 0 {
 		return nil, nil

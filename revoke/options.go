@@ -1,24 +1,19 @@
 package revoke
 
 import (
-	"encoding/json"
-	"fmt"
 	"time"
+
+	"github.com/stalk-dev/stalk/result"
 )
 
-// Option configures a revoke or another control command.
-type Option func(*Options)
+// Option configures a revoke or another control command. It is
+// result.ControlOption, so that result.AsyncResult.Revoke takes the same
+// options.
+type Option = result.ControlOption
 
 // Options is the resolved set of Option values. Commands validate it before
 // anything is published.
-type Options struct {
-	Terminate   bool          // kill the task if it is running (revoke only)
-	Signal      string        // signal name for Terminate; "" means the worker's default, SIGTERM
-	Destination []string      // worker nodenames; empty means every worker
-	Reply       bool          // ask the workers to reply, and collect the replies
-	Timeout     time.Duration // idle gap between replies that ends collection (default 1 s)
-	Limit       int           // stop after this many replies; default len(Destination), else no limit
-}
+type Options = result.ControlOptions
 
 // Terminate kills the task if it is already running, with Signal's signal
 // (SIGTERM by default). Default: off; a running task finishes.
@@ -50,17 +45,4 @@ func Wait(timeout time.Duration) Option {
 func Limit(n int) Option { return func(o *Options) { o.Limit = n } }
 
 // Reply is one worker's answer to a control command.
-type Reply struct {
-	Worker string          // the worker's nodename, e.g. "celery@host"
-	OK     string          // the "ok" text, when the worker reported success
-	Error  string          // the "error" text, when it reported a failure
-	Value  json.RawMessage // the whole reply value, for commands whose answer is data
-}
-
-// Err returns an error naming the worker when the reply reports one.
-func (r Reply) Err() error {
-	if r.Error == "" {
-		return nil
-	}
-	return fmt.Errorf("stalk: worker %s: %s", r.Worker, r.Error)
-}
+type Reply = result.ControlReply

@@ -16,9 +16,6 @@ import (
 	"github.com/rs/zerolog"
 )
 
-// ErrClosed is returned by operations on a Conn after Close.
-var ErrClosed = errors.New("stalk: client closed")
-
 // State is the connection's lifecycle state.
 type State int32
 
@@ -515,10 +512,6 @@ func isPermanent(err error) bool {
 	var p *PermanentError
 	return errors.As(err, &p)
 }
-
-// ErrAccessRefused is wrapped by errors caused by the broker refusing the
-// credentials, the vhost or a permission.
-var ErrAccessRefused = errors.New("stalk: access refused by the broker")
 
 func classify(err error) error {
 	// The specific errors first: ErrCredentials and ErrVhost are
