@@ -160,6 +160,7 @@ type WorkerConfig struct {
 	Env         map[string]string // extra environment, e.g. STALK_RESULT_PERSISTENT=1
 	Args        []string          // extra worker arguments
 	ReadyWait   time.Duration     // default 60 s
+	BrokerURL   string            // broker to consume from, e.g. Cluster.URL(2) (the // form for Celery is made here); default BrokerURL()
 }
 
 // Worker is a running Celery worker process.
@@ -200,6 +201,9 @@ func StartWorker(cfg WorkerConfig) (*Worker, error) {
 	if cfg.ReadyWait == 0 {
 		cfg.ReadyWait = 60 * time.Second
 	}
+	if cfg.BrokerURL == "" {
+		cfg.BrokerURL = BrokerURL()
+	}
 	host, _ := os.Hostname()
 	args := []string{"-m", "celery", "-A", "tasks", "worker",
 		"-Q", cfg.Queue, "-n", cfg.Name + "@%h",
@@ -211,7 +215,7 @@ func StartWorker(cfg WorkerConfig) (*Worker, error) {
 	args = append(args, cfg.Args...)
 	cmd := exec.Command(Python(), args...)
 	cmd.Dir = AppDir()
-	cmd.Env = append(os.Environ(), "STALK_BROKER_URL="+celeryURL(BrokerURL()), "PYTHONUNBUFFERED=1")
+	cmd.Env = append(os.Environ(), "STALK_BROKER_URL="+celeryURL(cfg.BrokerURL), "PYTHONUNBUFFERED=1")
 	for k, v := range cfg.Env {
 		cmd.Env = append(cmd.Env, k+"="+v)
 	}

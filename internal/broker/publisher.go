@@ -80,13 +80,13 @@ type pubChannel struct {
 	ch   *amqp091.Channel
 	conn *amqp091.Connection
 
-	mu      sync.Mutex
+	mu        sync.Mutex
 	waiters   map[uint64]*waiter  // by delivery tag, until confirmed
 	early     map[uint64]bool     // confirms that came before their waiter registered: tag → ack
 	abandoned map[uint64]struct{} // tags whose publisher stopped waiting (ctx ended)
-	closed  bool
-	err     *amqp091.Error // why the channel closed, if the broker said
-	dead    chan struct{}
+	closed    bool
+	err       *amqp091.Error // why the channel closed, if the broker said
+	dead      chan struct{}
 }
 
 type waiter struct {
