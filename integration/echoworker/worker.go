@@ -2,11 +2,13 @@ package echoworker
 
 import (
 	"bytes"
+	"container/heap"
 	"context"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -14,13 +16,44 @@ import (
 	amqp091 "github.com/rabbitmq/amqp091-go"
 )
 
-// Config configures a Worker. Only URL and Queue are required.
+// RetryTask is the task name that retries itself: args [times, countdown].
+const RetryTask = "echo.retry"
+
+// Config configures a Worker. Only URL and Queue are required; with only
+// URL, Queue, Channels, Prefetch and Name set, the worker declares a
+// classic durable queue on the default exchange, as it always has.
 type Config struct {
 	URL      string // AMQP URL of the broker
 	Queue    string // queue to consume; declared durable, like Celery's queues
 	Channels int    // channels, each with its own consumer; default 4
-	Prefetch int    // basic.qos prefetch count per channel; default 256
+	Prefetch int    // basic.qos prefetch count per consumer (global=false); default 256
 	Name     string // connection_name shown by rabbitmqctl; default "echoworker <Queue>"
+
+	// QueueType is "" or "classic" for a classic queue (no arguments), or
+	// "quorum" for x-queue-type=quorum.
+	QueueType string
+	// Exchange, when set, is declared (durable) and Queue bound to it with
+	// RoutingKey, as a Celery worker declares an entry of task_queues.
+	Exchange     string
+	ExchangeType string // Exchange's type; default "direct"
+	RoutingKey   string // binding key; default Queue
+	// NoDeclare says the queue (and exchange) exist already: only consume.
+	// Exchange, ExchangeType and RoutingKey still describe the queue, for
+	// retries.
+	NoDeclare bool
+	// HoldETA holds a task whose eta header is in the future in memory,
+	// unacknowledged (so it keeps a prefetch slot), until its ETA, as a
+	// Celery worker on a quorum queue does.
+	HoldETA bool
+	// DefaultQueue is the task_default_queue of the Celery app the worker
+	// stands in for; default "celery", a queue on a direct exchange. It
+	// decides how a retry of a task that was delivered through a named
+	// exchange is routed (see the package doc).
+	DefaultQueue string
+	// Record keeps a Receipt of every task message received (the last
+	// 100,000 task ids) for Received and Receipts. Off, the hot path does
+	// not pay for it.
+	Record bool
 }
 
 func (c *Config) validate() error {
@@ -33,6 +66,14 @@ func (c *Config) validate() error {
 	if c.Channels < 0 || c.Prefetch < 0 {
 		return errors.New("echoworker: Channels and Prefetch must not be negative")
 	}
+	switch c.QueueType {
+	case "", "classic", "quorum":
+	default:
+		return fmt.Errorf("echoworker: QueueType %q: want \"\", \"classic\" or \"quorum\"", c.QueueType)
+	}
+	if c.Exchange == "" && (c.ExchangeType != "" || c.RoutingKey != "") {
+		return errors.New("echoworker: ExchangeType and RoutingKey need Exchange")
+	}
 	if c.Channels == 0 {
 		c.Channels = 4
 	}
@@ -42,7 +83,25 @@ func (c *Config) validate() error {
 	if c.Name == "" {
 		c.Name = "echoworker " + c.Queue
 	}
+	if c.Exchange != "" && c.ExchangeType == "" {
+		c.ExchangeType = "direct"
+	}
+	if c.RoutingKey == "" {
+		c.RoutingKey = c.Queue
+	}
+	if c.DefaultQueue == "" {
+		c.DefaultQueue = "celery"
+	}
 	return nil
+}
+
+// exchangeType is the type of the queue's exchange as Celery sees it: a
+// queue declared without an exchange is on a direct one.
+func (c *Config) exchangeType() string {
+	if c.Exchange == "" {
+		return "direct"
+	}
+	return c.ExchangeType
 }
 
 // Worker is a running echo worker. It does not reconnect: if the broker
@@ -51,20 +110,22 @@ type Worker struct {
 	cfg  Config
 	conn *amqp091.Connection
 	wg   sync.WaitGroup
+	rec  *recorder // nil unless cfg.Record
 
 	stop     chan struct{}
 	stopOnce sync.Once
 
-	processed atomic.Int64 // results published
+	processed atomic.Int64 // final results published
 	dropped   atomic.Int64 // messages acked without a result
+	retried   atomic.Int64 // echo.retry republishes
 
 	errMu sync.Mutex
 	err   error
 }
 
-// Start connects, declares cfg.Queue and starts consuming on cfg.Channels
-// channels. ctx bounds the connection and setup only; the worker runs until
-// Stop.
+// Start connects, declares cfg.Queue (unless cfg.NoDeclare) and starts
+// consuming on cfg.Channels channels. ctx bounds the connection and setup
+// only; the worker runs until Stop.
 func Start(ctx context.Context, cfg Config) (*Worker, error) {
 	if err := cfg.validate(); err != nil {
 		return nil, err
@@ -84,16 +145,15 @@ func Start(ctx context.Context, cfg Config) (*Worker, error) {
 		return nil, fmt.Errorf("echoworker: dial: %w", err)
 	}
 	w := &Worker{cfg: cfg, conn: conn, stop: make(chan struct{})}
-	setup, err := conn.Channel()
-	if err != nil {
-		conn.Close()
-		return nil, fmt.Errorf("echoworker: channel: %w", err)
+	if cfg.Record {
+		w.rec = newRecorder(recordLimit)
 	}
-	if _, err := setup.QueueDeclare(cfg.Queue, true, false, false, false, nil); err != nil {
-		conn.Close()
-		return nil, fmt.Errorf("echoworker: declare %q: %w", cfg.Queue, err)
+	if !cfg.NoDeclare {
+		if err := w.declare(); err != nil {
+			conn.Close()
+			return nil, err
+		}
 	}
-	_ = setup.Close()
 
 	lanes := make([]*lane, 0, cfg.Channels)
 	for i := 0; i < cfg.Channels; i++ {
@@ -115,9 +175,38 @@ func Start(ctx context.Context, cfg Config) (*Worker, error) {
 	return w, nil
 }
 
-// Stop stops consuming and closes the connection. Unacked messages go back
-// to the queue. Stop is idempotent and returns once every goroutine the
-// worker started has returned.
+// declare declares the queue as Celery does: its exchange (when set), the
+// queue, and the binding.
+func (w *Worker) declare() error {
+	cfg := &w.cfg
+	setup, err := w.conn.Channel()
+	if err != nil {
+		return fmt.Errorf("echoworker: channel: %w", err)
+	}
+	defer setup.Close()
+	if cfg.Exchange != "" {
+		if err := setup.ExchangeDeclare(cfg.Exchange, cfg.ExchangeType, true, false, false, false, nil); err != nil {
+			return fmt.Errorf("echoworker: declare exchange %q: %w", cfg.Exchange, err)
+		}
+	}
+	var args amqp091.Table
+	if cfg.QueueType == "quorum" {
+		args = amqp091.Table{"x-queue-type": "quorum"}
+	}
+	if _, err := setup.QueueDeclare(cfg.Queue, true, false, false, false, args); err != nil {
+		return fmt.Errorf("echoworker: declare %q: %w", cfg.Queue, err)
+	}
+	if cfg.Exchange != "" {
+		if err := setup.QueueBind(cfg.Queue, cfg.RoutingKey, cfg.Exchange, false, nil); err != nil {
+			return fmt.Errorf("echoworker: bind %q to %q: %w", cfg.Queue, cfg.Exchange, err)
+		}
+	}
+	return nil
+}
+
+// Stop stops consuming and closes the connection. Unacked messages,
+// including held ETA tasks, go back to the queue. Stop is idempotent and
+// returns once every goroutine the worker started has returned.
 func (w *Worker) Stop() {
 	w.stopOnce.Do(func() {
 		close(w.stop)
@@ -126,12 +215,17 @@ func (w *Worker) Stop() {
 	})
 }
 
-// Processed returns how many results the worker has published.
+// Processed returns how many final (SUCCESS) results the worker has
+// published.
 func (w *Worker) Processed() int64 { return w.processed.Load() }
 
 // Dropped returns how many messages were acked without a result: empty
-// reply_to, no task header, or an undecodable body.
+// reply_to, no task header, an undecodable body, an invalid eta, or an
+// echo.retry that Celery would reject.
 func (w *Worker) Dropped() int64 { return w.dropped.Load() }
+
+// Retried returns how many times echo.retry tasks were republished.
+func (w *Worker) Retried() int64 { return w.retried.Load() }
 
 // Err returns the error that stopped a channel, if any.
 func (w *Worker) Err() error {
@@ -148,6 +242,24 @@ func (w *Worker) setErr(err error) {
 	w.errMu.Unlock()
 }
 
+// Received returns the receipt of the last message received for task id,
+// and false if there is none (or Config.Record is off).
+func (w *Worker) Received(taskID string) (Receipt, bool) {
+	if w.rec == nil {
+		return Receipt{}, false
+	}
+	return w.rec.last(taskID)
+}
+
+// Receipts returns the receipts of every message received for task id, in
+// order (a retried task is received several times; the last 64 are kept).
+func (w *Worker) Receipts(taskID string) []Receipt {
+	if w.rec == nil {
+		return nil
+	}
+	return w.rec.all(taskID)
+}
+
 // lane is one channel and the goroutine that owns it.
 type lane struct {
 	w          *Worker
@@ -155,6 +267,11 @@ type lane struct {
 	deliveries <-chan amqp091.Delivery
 	closed     chan *amqp091.Error
 	buf        []byte
+
+	// ETA tasks held until due (HoldETA), and the timer for the first.
+	held   heldHeap
+	timer  *time.Timer
+	timerC <-chan time.Time
 }
 
 func (w *Worker) openLane(i int) (*lane, error) {
@@ -173,6 +290,9 @@ func (w *Worker) openLane(i int) (*lane, error) {
 	return &lane{w: w, ch: ch, deliveries: d, closed: closed, buf: make([]byte, 0, 256)}, nil
 }
 
+// run consumes. Acks are batched with multiple=true, except while ETA tasks
+// are held unacked: then every other message is acked on its own, so that
+// no multiple ack covers a held one.
 func (l *lane) run() {
 	defer l.w.wg.Done()
 	var (
@@ -183,6 +303,11 @@ func (l *lane) run() {
 	if batch < 1 {
 		batch = 1
 	}
+	defer func() {
+		if l.timer != nil {
+			l.timer.Stop()
+		}
+	}()
 	flush := func() bool {
 		if lastTag == 0 {
 			return true
@@ -192,6 +317,13 @@ func (l *lane) run() {
 			return false
 		}
 		lastTag, unacked = 0, 0
+		return true
+	}
+	ackOne := func(tag uint64) bool {
+		if err := l.ch.Ack(tag, false); err != nil {
+			l.w.setErr(fmt.Errorf("echoworker: ack: %w", err))
+			return false
+		}
 		return true
 	}
 	for {
@@ -210,9 +342,25 @@ func (l *lane) run() {
 				l.w.setErr(errors.New("echoworker: consumer cancelled"))
 				return
 			}
-			if err := l.handle(&d); err != nil {
+			held, err := l.handle(&d)
+			if err != nil {
 				l.w.setErr(err)
 				return
+			}
+			if held {
+				// Every pending tag is below the held one: ack them now,
+				// before any later multiple ack could cover it.
+				if !flush() {
+					return
+				}
+				l.arm()
+				continue
+			}
+			if len(l.held) > 0 {
+				if !ackOne(d.DeliveryTag) {
+					return
+				}
+				continue
 			}
 			lastTag = d.DeliveryTag
 			unacked++
@@ -221,27 +369,98 @@ func (l *lane) run() {
 					return
 				}
 			}
+		case <-l.timerC:
+			now := time.Now()
+			for len(l.held) > 0 && !l.held[0].eta.After(now) {
+				h := heap.Pop(&l.held).(heldTask)
+				id, _ := h.d.Headers["id"].(string)
+				task, _ := h.d.Headers["task"].(string)
+				if err := l.process(&h.d, id, task); err != nil {
+					l.w.setErr(err)
+					return
+				}
+				if !ackOne(h.d.DeliveryTag) {
+					return
+				}
+			}
+			l.arm()
 		}
 	}
 }
 
-// handle publishes the result for one task message, if it gets one.
-func (l *lane) handle(d *amqp091.Delivery) error {
+// arm sets the timer for the first held task.
+func (l *lane) arm() {
+	if len(l.held) == 0 {
+		if l.timer != nil {
+			l.timer.Stop()
+		}
+		l.timerC = nil
+		return
+	}
+	d := time.Until(l.held[0].eta)
+	if l.timer == nil {
+		l.timer = time.NewTimer(d)
+	} else {
+		l.timer.Reset(d)
+	}
+	l.timerC = l.timer.C
+}
+
+// handle deals with one delivery: it drops it, holds it (and reports true:
+// the caller must not ack it), or processes it.
+func (l *lane) handle(d *amqp091.Delivery) (bool, error) {
 	id, _ := d.Headers["id"].(string)
-	if _, isV2 := d.Headers["task"].(string); !isV2 || id == "" {
+	task, isV2 := d.Headers["task"].(string)
+	if !isV2 || id == "" {
 		l.w.dropped.Add(1)
-		return nil
+		return false, nil
+	}
+	if l.w.rec != nil {
+		l.w.rec.add(id, newReceipt(d))
+	}
+	if l.w.cfg.HoldETA {
+		if s, ok := d.Headers["eta"].(string); ok && s != "" {
+			eta, err := parseETA(s)
+			if err != nil {
+				// Celery: InvalidTaskError, the message is rejected with no result.
+				l.w.dropped.Add(1)
+				return false, nil
+			}
+			if time.Until(eta) > 0 {
+				heap.Push(&l.held, heldTask{eta: eta, d: *d})
+				return true, nil
+			}
+		}
+	}
+	return false, l.process(d, id, task)
+}
+
+// process runs task id now: echo.retry retries or answers, anything else
+// is echoed.
+func (l *lane) process(d *amqp091.Delivery, id, task string) error {
+	if task == RetryTask {
+		return l.retry(d, id)
 	}
 	result, ok := echoResult(d.Body)
 	if !ok || d.ReplyTo == "" {
 		l.w.dropped.Add(1)
 		return nil
 	}
+	l.buf = AppendResultBody(l.buf[:0], id, result)
+	if err := l.publishState(d, id); err != nil {
+		return err
+	}
+	l.w.processed.Add(1)
+	return nil
+}
+
+// publishState publishes l.buf, a result body, to d's reply_to as
+// Celery's rpc backend does.
+func (l *lane) publishState(d *amqp091.Delivery, id string) error {
 	corr := d.CorrelationId
 	if corr == "" {
 		corr = id
 	}
-	l.buf = AppendResultBody(l.buf[:0], id, result)
 	err := l.ch.Publish("", d.ReplyTo, false, false, amqp091.Publishing{
 		ContentType:     "application/json",
 		ContentEncoding: "utf-8",
@@ -254,8 +473,272 @@ func (l *lane) handle(d *amqp091.Delivery) error {
 	if err != nil {
 		return fmt.Errorf("echoworker: publish result: %w", err)
 	}
-	l.w.processed.Add(1)
 	return nil
+}
+
+// retry runs echo.retry: [times, countdown]. While the retries header is
+// below times it republishes the task as Celery 5.6.3's Task.retry does
+// (see retryRoute), after a RETRY state; then it answers SUCCESS with the
+// number of retries.
+func (l *lane) retry(d *amqp091.Delivery, id string) error {
+	times, countdown, countdownText, ok := retryArgs(d.Body)
+	if !ok {
+		l.w.dropped.Add(1)
+		return nil
+	}
+	retries := headerInt(d.Headers["retries"])
+	if retries >= times {
+		if d.ReplyTo == "" {
+			l.w.dropped.Add(1)
+			return nil
+		}
+		l.buf = AppendResultBody(l.buf[:0], id, json.RawMessage(strconv.FormatInt(retries, 10)))
+		if err := l.publishState(d, id); err != nil {
+			return err
+		}
+		l.w.processed.Add(1)
+		return nil
+	}
+	r := l.w.retryRoute(d.Exchange, d.RoutingKey, countdown)
+	if r.reject {
+		// Celery: ValueError("countdown must be a positive number") in
+		// send_task becomes Reject(requeue=False): no state, no result.
+		l.w.dropped.Add(1)
+		return nil
+	}
+	if d.ReplyTo != "" {
+		l.buf = AppendRetryBody(l.buf[:0], id, "Retry in "+countdownText+"s")
+		if err := l.publishState(d, id); err != nil {
+			return err
+		}
+	}
+	now := time.Now()
+	pub := amqp091.Publishing{
+		ContentType:     "application/json",
+		ContentEncoding: "utf-8",
+		DeliveryMode:    amqp091.Persistent,
+		Priority:        d.Priority,
+		CorrelationId:   d.CorrelationId,
+		ReplyTo:         d.ReplyTo,
+		Headers:         retryHeaders(d.Headers, id, retries+1, countdown, now),
+		Body:            d.Body,
+	}
+	if s, ok := d.Headers["expires"].(string); ok && s != "" {
+		if exp, err := parseETA(s); err == nil {
+			ms := exp.Sub(now).Milliseconds()
+			if ms < 0 {
+				ms = 0
+			}
+			pub.Expiration = strconv.FormatInt(ms, 10)
+		}
+	}
+	if err := l.ch.Publish(r.exchange, r.key, false, false, pub); err != nil {
+		return fmt.Errorf("echoworker: republish retry: %w", err)
+	}
+	l.w.retried.Add(1)
+	return nil
+}
+
+// route is where a retry goes.
+type route struct {
+	exchange, key string
+	delayed       bool // through native delayed delivery
+	reject        bool // Celery rejects the task instead
+}
+
+// retryRoute decides where Celery 5.6.3 republishes a retry with this
+// countdown of a task delivered through exchange with routing key key
+// (celery/app/task.py signature_from_request, celery/app/base.py
+// send_task, celery/app/amqp.py send_task_message):
+//
+//   - The router picks a queue: for a task delivered through "", the queue
+//     named by the routing key (this worker's queue); otherwise the app's
+//     default route, task_default_queue (Config.DefaultQueue; a queue on a
+//     direct exchange unless it is this worker's queue).
+//   - If that queue's exchange is not direct and countdown > 0, the retry
+//     goes through native delayed delivery: exchange celery_delayed_27, key
+//     = the 28 binary digits of int(countdown) + "." + the picked queue's
+//     routing key. A countdown under 1 s truncates to 0 and kombu's
+//     calculate_routing_key raises ValueError, which Task.retry turns into
+//     Reject(requeue=False).
+//   - Otherwise it is published directly: for a task delivered through "",
+//     to "" with the queue name (direct exchange) or to the queue's exchange
+//     and routing key; otherwise to the exchange and routing key it was
+//     delivered with.
+func (w *Worker) retryRoute(exchange, key string, countdown float64) route {
+	own := (exchange == "" && key != "") || w.cfg.DefaultQueue == w.cfg.Queue
+	qtype := "direct"
+	if own {
+		qtype = w.cfg.exchangeType()
+	}
+	if qtype != "direct" && countdown > 0 {
+		n := int64(countdown)
+		if n < 1 {
+			return route{reject: true}
+		}
+		return route{exchange: "celery_delayed_27", key: delayedRoutingKey(n, w.cfg.RoutingKey), delayed: true}
+	}
+	if exchange == "" {
+		if qtype == "direct" {
+			return route{exchange: "", key: w.cfg.Queue}
+		}
+		return route{exchange: w.cfg.Exchange, key: w.cfg.RoutingKey}
+	}
+	if key == "" && qtype == "direct" {
+		q := w.cfg.DefaultQueue
+		if own {
+			q = w.cfg.Queue
+		}
+		return route{exchange: "", key: q}
+	}
+	return route{exchange: exchange, key: key}
+}
+
+// delayedRoutingKey is kombu's calculate_routing_key: the 28 binary digits
+// of seconds joined by dots, a dot and routingKey.
+func delayedRoutingKey(seconds int64, routingKey string) string {
+	bits := fmt.Sprintf("%028b", seconds)
+	b := make([]byte, 0, 2*len(bits)+len(routingKey))
+	for i := 0; i < len(bits); i++ {
+		b = append(b, bits[i], '.')
+	}
+	return string(append(b, routingKey...))
+}
+
+// retryHeaders are the headers of a retry: the task's own, without the
+// x-death family (Celery filters them so that RabbitMQ does not see a
+// dead-letter cycle) and the broker's x-delivery-count, with retries, eta
+// (now+countdown, or null for a zero countdown) and parent_id (the task's
+// own id when it had none).
+func retryHeaders(h amqp091.Table, id string, retries int64, countdown float64, now time.Time) amqp091.Table {
+	out := make(amqp091.Table, len(h)+2)
+	for k, v := range h {
+		if strings.HasPrefix(k, "x-death") || strings.HasPrefix(k, "x-first-death-") ||
+			strings.HasPrefix(k, "x-last-death-") || k == "x-delivery-count" {
+			continue
+		}
+		out[k] = v
+	}
+	out["retries"] = int32(retries)
+	if countdown != 0 {
+		out["eta"] = FormatETA(now.Add(time.Duration(countdown * float64(time.Second))))
+	} else {
+		out["eta"] = nil
+	}
+	if p, _ := out["parent_id"].(string); p == "" {
+		out["parent_id"] = id
+	}
+	return out
+}
+
+// retryArgs decodes echo.retry's body: args [times, countdown].
+func retryArgs(body []byte) (times int64, countdown float64, text string, ok bool) {
+	var parts []json.RawMessage
+	if err := json.Unmarshal(body, &parts); err != nil || len(parts) != 3 {
+		return 0, 0, "", false
+	}
+	var args []json.Number
+	dec := json.NewDecoder(bytes.NewReader(parts[0]))
+	dec.UseNumber()
+	if err := dec.Decode(&args); err != nil || len(args) != 2 {
+		return 0, 0, "", false
+	}
+	t, err := args[0].Float64()
+	if err != nil {
+		return 0, 0, "", false
+	}
+	c, err := args[1].Float64()
+	if err != nil {
+		return 0, 0, "", false
+	}
+	return int64(t), c, args[1].String(), true
+}
+
+// headerInt reads an integer header of any AMQP integer type.
+func headerInt(v any) int64 {
+	switch v := v.(type) {
+	case int:
+		return int64(v)
+	case int8:
+		return int64(v)
+	case int16:
+		return int64(v)
+	case int32:
+		return int64(v)
+	case int64:
+		return v
+	case uint8:
+		return int64(v)
+	case uint16:
+		return int64(v)
+	case uint32:
+		return int64(v)
+	case uint64:
+		return int64(v)
+	case float32:
+		return int64(v)
+	case float64:
+		return int64(v)
+	}
+	return 0
+}
+
+// parseETA parses an ISO-8601 time as Celery's dateutil isoparse does for
+// the forms Celery and stalk send; a naive time is UTC.
+func parseETA(s string) (time.Time, error) {
+	if len(s) > 10 && s[10] == ' ' {
+		s = s[:10] + "T" + s[11:]
+	}
+	var firstErr error
+	for _, layout := range []string{
+		"2006-01-02T15:04:05Z07:00",
+		"2006-01-02T15:04:05",
+		"2006-01-02T15:04:05Z0700",
+		"2006-01-02T15:04:05Z07",
+		"2006-01-02T15:04Z07:00",
+		"2006-01-02T15:04",
+		"2006-01-02",
+	} {
+		t, err := time.Parse(layout, s)
+		if err == nil {
+			return t, nil
+		}
+		if firstErr == nil {
+			firstErr = err
+		}
+	}
+	return time.Time{}, firstErr
+}
+
+// FormatETA writes t as Python's datetime.isoformat() writes an aware UTC
+// time: 2026-12-02T02:43:42.699366+00:00, without the fraction when the
+// microseconds are zero.
+func FormatETA(t time.Time) string {
+	t = t.UTC()
+	if t.Nanosecond()/1000 == 0 {
+		return t.Format("2006-01-02T15:04:05") + "+00:00"
+	}
+	return t.Format("2006-01-02T15:04:05.000000") + "+00:00"
+}
+
+// heldTask is an ETA task waiting, unacked, for its ETA.
+type heldTask struct {
+	eta time.Time
+	d   amqp091.Delivery
+}
+
+type heldHeap []heldTask
+
+func (h heldHeap) Len() int           { return len(h) }
+func (h heldHeap) Less(i, j int) bool { return h[i].eta.Before(h[j].eta) }
+func (h heldHeap) Swap(i, j int)      { h[i], h[j] = h[j], h[i] }
+func (h *heldHeap) Push(x any)        { *h = append(*h, x.(heldTask)) }
+func (h *heldHeap) Pop() any {
+	old := *h
+	x := old[len(old)-1]
+	old[len(old)-1] = heldTask{}
+	*h = old[:len(old)-1]
+	return x
 }
 
 // echoResult decodes a protocol v2 body [args, kwargs, embed] and returns
@@ -280,9 +763,27 @@ func echoResult(body []byte) (json.RawMessage, bool) {
 // rpc backend writes it (json.dumps with its default separators), to dst.
 // result must be valid JSON.
 func AppendResultBody(dst []byte, taskID string, result json.RawMessage) []byte {
+	return appendStateBody(dst, taskID, "SUCCESS", result)
+}
+
+// AppendRetryBody appends the RETRY state body the worker sends before
+// each republish of echo.retry:
+//
+//	{"task_id": "<id>", "status": "RETRY", "result": {"exc_type": "Retry", "exc_message": ["<message>"], "exc_module": "celery.exceptions"}, "traceback": null, "children": []}
+func AppendRetryBody(dst []byte, taskID, message string) []byte {
+	exc := make([]byte, 0, 96+len(message))
+	exc = append(exc, `{"exc_type": "Retry", "exc_message": [`...)
+	exc = appendJSONString(exc, message)
+	exc = append(exc, `], "exc_module": "celery.exceptions"}`...)
+	return appendStateBody(dst, taskID, "RETRY", exc)
+}
+
+func appendStateBody(dst []byte, taskID, status string, result json.RawMessage) []byte {
 	dst = append(dst, `{"task_id": `...)
 	dst = appendJSONString(dst, taskID)
-	dst = append(dst, `, "status": "SUCCESS", "result": `...)
+	dst = append(dst, `, "status": "`...)
+	dst = append(dst, status...)
+	dst = append(dst, `", "result": `...)
 	dst = append(dst, bytes.TrimSpace(result)...)
 	dst = append(dst, `, "traceback": null, "children": []}`...)
 	return dst
