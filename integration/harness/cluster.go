@@ -458,6 +458,7 @@ func (c *Cluster) boot(ctx context.Context, i int) error {
 	defer out.Close()
 	cmd := exec.CommandContext(ctx, filepath.Join(c.sbin, "rabbitmq-server"), "-detached")
 	cmd.Env = c.env(i)
+	cmd.Dir = c.nodeDir(i) // where mnesia drops a MnesiaCore.* dump, if it fails
 	// A file, not a pipe: the detached VM inherits it and keeps it open.
 	cmd.Stdout, cmd.Stderr = out, out
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
