@@ -10,6 +10,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/stalk-dev/stalk/internal/celery"
 	"github.com/stalk-dev/stalk/result"
 )
 
@@ -18,7 +19,7 @@ import (
 func canvasClient(t *testing.T, opts ...Option) *Client {
 	t.Helper()
 	cfg := defaultConfig()
-	cfg.defaultQueue = "jobs"
+	cfg.topo.DefaultQueue = "jobs"
 	for _, o := range opts {
 		o(&cfg)
 	}
@@ -27,17 +28,34 @@ func canvasClient(t *testing.T, opts ...Option) *Client {
 	}
 	require.NoError(t, cfg.validate())
 	c := &Client{cfg: cfg}
+	c.planner = celery.Planner{DefaultQueue: cfg.topo.DefaultQueue, NewID: func() string { return "id-" + time.Now().Format("150405.000000000") }}
 	c.cons = newConsumer(&c.cfg, zerolog.Nop())
 	return c
 }
 
-func frozen(t *testing.T, c *Client, cv Canvas, opts ...SendOption) (*plan, []outgoing) {
+func plan(c *Client, cv Canvas, opts []SendOption) (*celery.Plan, error) {
+	if cv == nil {
+		return nil, errors.New("nil canvas")
+	}
+	return c.planner.Plan(cv.node(), opts, false)
+}
+
+func frozen(t *testing.T, c *Client, cv Canvas, opts ...SendOption) *celery.Frozen {
 	t.Helper()
-	p, err := c.makePlan(cv, opts)
+	p, err := plan(c, cv, opts)
 	require.NoError(t, err)
-	out, err := c.freeze(p)
+	fr, err := c.planner.Freeze(p, c.cons.mode.queueFor)
 	require.NoError(t, err)
-	return p, out
+	return fr
+}
+
+// routeKey is where the client would publish task t: the routing key of
+// its route (the queue, for a direct exchange).
+func routeKey(t *testing.T, c *Client, call *celery.Call) string {
+	t.Helper()
+	q, err := c.cfg.topo.Resolve(call.Queue)
+	require.NoError(t, err)
+	return celery.RouteFor(q, call.Exchange, call.RoutingKey).Key
 }
 
 type wireSig struct {
@@ -56,10 +74,10 @@ type wireEmbed struct {
 	Chord     any       `json:"chord"`
 }
 
-func body(t *testing.T, m *taskMessage) ([]any, map[string]any, wireEmbed) {
+func body(t *testing.T, m *celery.Message) ([]any, map[string]any, wireEmbed) {
 	t.Helper()
 	var parts [3]json.RawMessage
-	require.NoError(t, json.Unmarshal(m.pub.Body, &parts))
+	require.NoError(t, json.Unmarshal(m.Body, &parts))
 	var args []any
 	var kwargs map[string]any
 	var embed wireEmbed
@@ -74,32 +92,32 @@ func TestCanvasChainMessage(t *testing.T) {
 		t.Run(mode.String(), func(t *testing.T) {
 			c := canvasClient(t, WithReplyMode(mode))
 			ch := NewChain(Sig("tasks.add", Args(1, 2)), Sig("tasks.add", Args(10)), Si("tasks.add", Args(100, 1), Queue("other")))
-			p, out := frozen(t, c, ch)
-			require.Len(t, out, 1)
-			tasks := p.chains[0].tasks
+			fr := frozen(t, c, ch)
+			require.Len(t, fr.Messages, 1)
+			tasks := fr.Chains[0].Tasks
 			require.Len(t, tasks, 3)
-			m := out[0].msg
-			assert.Equal(t, tasks[0].cfg.taskID, m.id)
-			assert.Equal(t, c.cons.queueName(tasks[0].cfg.taskID), m.pub.ReplyTo)
-			assert.Equal(t, "jobs", m.routingKey, "the first step goes to the client's default queue")
-			assert.Nil(t, m.pub.Headers["group"])
+			m := fr.Messages[0]
+			assert.Equal(t, tasks[0].Call.TaskID, m.ID)
+			assert.Equal(t, c.ReplyQueue(tasks[0].Call.TaskID), m.ReplyTo)
+			assert.Equal(t, "jobs", routeKey(t, c, fr.First[0].Call), "the first step goes to the client's default queue")
+			assert.Nil(t, m.Headers["group"])
 			args, _, embed := body(t, m)
 			assert.Equal(t, []any{1.0, 2.0}, args)
 			require.Len(t, embed.Chain, 2, "the remaining steps")
 			// Stored reversed: the worker pops the last.
 			last, second := embed.Chain[0], embed.Chain[1]
-			assert.Equal(t, tasks[1].cfg.taskID, second.Options["task_id"])
-			assert.Equal(t, tasks[2].cfg.taskID, last.Options["task_id"])
+			assert.Equal(t, tasks[1].Call.TaskID, second.Options["task_id"])
+			assert.Equal(t, tasks[2].Call.TaskID, last.Options["task_id"])
 			for i, s := range []wireSig{second, last} {
-				id := tasks[i+1].cfg.taskID
+				id := tasks[i+1].Call.TaskID
 				assert.Equal(t, "tasks.add", s.Task)
-				assert.Equal(t, c.cons.queueName(id), s.Options["reply_to"], "each step carries its reply queue")
+				assert.Equal(t, c.ReplyQueue(id), s.Options["reply_to"], "each step carries its reply queue")
 				assert.Nil(t, s.SubtaskType)
 			}
 			if mode == Shared {
 				assert.Equal(t, "shared-reply", second.Options["reply_to"])
 			} else {
-				assert.Equal(t, c.cfg.replyPrefix+tasks[1].cfg.taskID, second.Options["reply_to"])
+				assert.Equal(t, c.cfg.replyPrefix+tasks[1].Call.TaskID, second.Options["reply_to"])
 			}
 			assert.Equal(t, "jobs", second.Options["queue"], "every step is routed to the chain's queue")
 			assert.Equal(t, "other", last.Options["queue"], "unless it names its own")
@@ -115,13 +133,13 @@ func TestCanvasChainOptions(t *testing.T) {
 	c := canvasClient(t)
 	ch := NewChain(Sig("a"), Sig("b", Priority(1)), NewChain(Sig("c"), Sig("d"))).
 		Set(Queue("wf"), Priority(5), Countdown(time.Second), TimeLimit(30*time.Second), TaskID("last-id"))
-	p, out := frozen(t, c, ch)
-	tasks := p.chains[0].tasks
+	fr := frozen(t, c, ch)
+	tasks := fr.Chains[0].Tasks
 	require.Len(t, tasks, 4, "nested chains are flattened")
-	m := out[0].msg
-	assert.Equal(t, "wf", m.routingKey)
-	assert.Equal(t, uint8(5), m.pub.Priority)
-	assert.NotNil(t, m.pub.Headers["eta"], "countdown applies to the first step")
+	m := fr.Messages[0]
+	assert.Equal(t, "wf", routeKey(t, c, fr.First[0].Call))
+	assert.Equal(t, uint8(5), m.Priority)
+	assert.NotNil(t, m.Headers["eta"], "countdown applies to the first step")
 	_, _, embed := body(t, m)
 	require.Len(t, embed.Chain, 3)
 	d, cc, b := embed.Chain[0], embed.Chain[1], embed.Chain[2]
@@ -144,24 +162,24 @@ func TestCanvasGroupMessages(t *testing.T) {
 	members = append(members, NewChain(Sig("tasks.add", Args(1, 1)), Sig("tasks.mul", Args(3))))
 	members = append(members, NewGroup(Sig("tasks.add", Args(9, 9)))) // flattened
 	g := NewGroup(members...).Set(Queue("gq"), TaskID("gid"))
-	p, out := frozen(t, c, g)
-	require.NotNil(t, p.group)
-	assert.Equal(t, "gid", p.group.id)
-	require.Len(t, out, 5)
-	for i, o := range out {
-		assert.Equal(t, "gq", o.msg.routingKey)
+	fr := frozen(t, c, g)
+	require.NotNil(t, fr.Group)
+	assert.Equal(t, "gid", fr.Group.ID)
+	require.Len(t, fr.Messages, 5)
+	for i, m := range fr.Messages {
+		assert.Equal(t, "gq", routeKey(t, c, fr.First[i].Call))
 		if i == 3 {
 			// A member chain: its last step carries the group in options.
-			assert.Nil(t, o.msg.pub.Headers["group"])
-			_, _, embed := body(t, o.msg)
+			assert.Nil(t, m.Headers["group"])
+			_, _, embed := body(t, m)
 			require.Len(t, embed.Chain, 1)
 			assert.Equal(t, "gid", embed.Chain[0].Options["group_id"])
 			assert.Equal(t, 3.0, embed.Chain[0].Options["group_index"])
 			continue
 		}
-		assert.Equal(t, "gid", o.msg.pub.Headers["group"])
-		assert.Equal(t, int32(i), o.msg.pub.Headers["group_index"])
-		_, _, embed := body(t, o.msg)
+		assert.Equal(t, "gid", m.Headers["group"])
+		assert.Equal(t, int32(i), m.Headers["group_index"])
+		_, _, embed := body(t, m)
 		assert.Nil(t, embed.Chain)
 	}
 }
@@ -169,27 +187,27 @@ func TestCanvasGroupMessages(t *testing.T) {
 func TestCanvasChainEndingWithGroup(t *testing.T) {
 	c := canvasClient(t)
 	ch := NewChain(Sig("tasks.add", Args(1, 2)), NewGroup(Sig("tasks.add", Args(10)), Sig("tasks.mul", Args(2))))
-	p, out := frozen(t, c, ch)
-	require.Len(t, out, 1)
-	tail := p.chains[0].tail
+	fr := frozen(t, c, ch)
+	require.Len(t, fr.Messages, 1)
+	tail := fr.Chains[0].Tail
 	require.NotNil(t, tail)
-	_, _, embed := body(t, out[0].msg)
+	_, _, embed := body(t, fr.Messages[0])
 	require.Len(t, embed.Chain, 1)
 	gs := embed.Chain[0]
 	assert.Equal(t, "celery.group", gs.Task)
 	require.NotNil(t, gs.SubtaskType)
 	assert.Equal(t, "group", *gs.SubtaskType)
-	assert.Equal(t, map[string]any{"task_id": tail.id}, gs.Options, "no reply_to or queue: they would override the members'")
+	assert.Equal(t, map[string]any{"task_id": tail.ID}, gs.Options, "no reply_to or queue: they would override the members'")
 	tasks := gs.Kwargs["tasks"].([]any)
 	require.Len(t, tasks, 2)
 	for i, raw := range tasks {
 		m := raw.(map[string]any)
 		o := m["options"].(map[string]any)
-		id := tail.members[i].tasks[0].cfg.taskID
+		id := tail.Members[i].Tasks[0].Call.TaskID
 		assert.Equal(t, id, o["task_id"])
-		assert.Equal(t, c.cons.queueName(id), o["reply_to"])
+		assert.Equal(t, c.ReplyQueue(id), o["reply_to"])
 		assert.Equal(t, "jobs", o["queue"])
-		assert.Equal(t, tail.id, o["group_id"])
+		assert.Equal(t, tail.ID, o["group_id"])
 	}
 }
 
@@ -198,13 +216,13 @@ func TestCanvasChords(t *testing.T) {
 	_, err := c.Chord(t.Context(), []Canvas{Sig("a")}, Sig("b"))
 	assert.ErrorIs(t, err, result.ErrNotSupported)
 	assert.Contains(t, err.Error(), "chords are not supported by the rpc backend")
-	_, err = c.makePlan(NewChain(NewGroup(Sig("a"), Sig("b")), Sig("c")), nil)
+	_, err = plan(c, NewChain(NewGroup(Sig("a"), Sig("b")), Sig("c")), nil)
 	assert.ErrorIs(t, err, result.ErrNotSupported, "a group followed by a step is a chord")
-	_, err = c.makePlan(NewChain(Sig("x"), NewGroup(Sig("a")), Sig("c")), nil)
+	_, err = plan(c, NewChain(Sig("x"), NewGroup(Sig("a")), Sig("c")), nil)
 	assert.ErrorIs(t, err, result.ErrNotSupported)
-	_, err = c.makePlan(NewChain(Sig("x"), NewGroup(NewChain(Sig("a"), Sig("b")))), nil)
+	_, err = plan(c, NewChain(Sig("x"), NewGroup(NewChain(Sig("a"), Sig("b")))), nil)
 	assert.ErrorIs(t, err, result.ErrNotSupported)
-	_, err = c.makePlan(NewGroup(NewChain(Sig("x"), NewGroup(Sig("a")))), nil)
+	_, err = plan(c, NewGroup(NewChain(Sig("x"), NewGroup(Sig("a")))), nil)
 	assert.ErrorIs(t, err, result.ErrNotSupported)
 }
 
@@ -228,15 +246,15 @@ func TestCanvasRejects(t *testing.T) {
 	}
 	for name, tc := range cases {
 		t.Run(name, func(t *testing.T) {
-			p, err := c.makePlan(tc.cv, tc.opts)
+			p, err := plan(c, tc.cv, tc.opts)
 			if err == nil {
-				_, err = c.freeze(p)
+				_, err = c.planner.Freeze(p, c.cons.mode.queueFor)
 			}
 			assert.Error(t, err)
 		})
 	}
-	_, err := c.Chain(t.Context(), Sig("a"), NewGroup(Sig("b")))
-	assert.Error(t, err, "Chain refuses a chain ending with a group: use Apply")
+	_, err := c.Chain(t.Context(), NewChain(Sig("a"), NewGroup(Sig("b"))))
+	assert.Error(t, err, "Chain refuses a chain ending with a group: use ChainGroup")
 	assert.False(t, errors.Is(err, result.ErrNotSupported))
 }
 

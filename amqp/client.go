@@ -8,7 +8,9 @@ import (
 
 	"github.com/google/uuid"
 	"github.com/rs/zerolog"
+
 	"github.com/stalk-dev/stalk/internal/broker"
+	"github.com/stalk-dev/stalk/internal/celery"
 	"github.com/stalk-dev/stalk/result"
 )
 
@@ -23,35 +25,31 @@ const (
 	Closed       = broker.Closed
 )
 
-// ErrClosed is returned by a closed client, and rejects results that were
-// pending when it closed.
-var ErrClosed = result.ErrClosed
-
-// ErrAccessRefused is wrapped when the broker refuses the credentials, the
-// vhost or a permission.
-var ErrAccessRefused = broker.ErrAccessRefused
-
 // Client sends Celery tasks and receives their results. It is safe for
 // concurrent use. Create it with Dial and Close it when done.
 type Client struct {
-	cfg  config
-	log  zerolog.Logger
-	url  string
-	pub  *publisher
-	cons *consumer
-
+	cfg     config
+	log     zerolog.Logger
+	url     string
 	pubConn *broker.Conn
 	resConn *broker.Conn
+	pub     *broker.Publisher
+	cons    *consumer
+	back    *backend
+	planner celery.Planner
 
-	closeOnce sync.Once
-	control   controlExt
-	evx       eventsExt
+	closeOnce   sync.Once
+	delayedWarn sync.Once
+	control     controlExt
+	evx         eventsExt
 }
 
 // Dial connects to the broker at url (amqp:// or amqps://) and returns a
 // Ready client. It retries network errors until ctx ends, and fails at once
-// when the broker refuses the credentials, the vhost or a permission. ctx
-// bounds only the connection, not the client's life.
+// when the broker refuses the credentials, the vhost or a permission, or
+// when the options are invalid or conflict (ErrInvalidOption). ctx bounds
+// only the connection, not the client's life. Dial declares no task queue:
+// queues are declared, if need be, by the first task sent to them.
 func Dial(ctx context.Context, url string, opts ...Option) (*Client, error) {
 	cfg := defaultConfig()
 	for _, o := range opts {
@@ -67,8 +65,9 @@ func Dial(ctx context.Context, url string, opts ...Option) (*Client, error) {
 	}
 	c := &Client{cfg: cfg, url: url}
 	c.log = cfg.logger.With().Str("component", "stalk").Logger()
+	c.planner = celery.Planner{DefaultQueue: cfg.topo.DefaultQueue, NewID: uuid.NewString}
 	c.cons = newConsumer(&c.cfg, c.log)
-	c.pub = &publisher{log: c.log, cfg: &c.cfg}
+	c.back = &backend{c: c}
 	base := broker.Config{URL: url, TLS: cfg.tls, Logger: c.log, Backoff: cfg.backoff, Heartbeat: cfg.heartbeat}
 
 	rc := base
@@ -91,14 +90,14 @@ func Dial(ctx context.Context, url string, opts ...Option) (*Client, error) {
 
 	pc := base
 	pc.Name = cfg.name + "-publish"
-	pubConn, err := broker.Start(pc, c.pub.hook)
+	pubConn, err := broker.Start(pc)
 	if err != nil {
 		c.resConn.Close()
 		c.cons.closeAll()
 		return nil, err
 	}
 	c.pubConn = pubConn
-	c.pub.conn = pubConn
+	c.pub = broker.NewPublisher(pubConn, c.log)
 
 	for _, conn := range []*broker.Conn{resConn, pubConn} {
 		if err := conn.WaitReady(ctx); err != nil {
@@ -120,74 +119,20 @@ func Dial(ctx context.Context, url string, opts ...Option) (*Client, error) {
 
 // Send publishes the task and returns its result once the broker has
 // confirmed the message. The reply queue is declared and consumed before
-// the task is published, so no state can be missed. While the broker is
-// unreachable, Send waits until ctx ends. Bad arguments are reported before
-// anything is published.
+// the task is published, so no state can be missed. The task is published
+// mandatory: one that routes to no queue fails with ErrUnroutable instead
+// of being dropped. While the broker is unreachable, Send waits until ctx
+// ends. Bad arguments are reported before anything is published.
 func (c *Client) Send(ctx context.Context, task string, opts ...SendOption) (*result.AsyncResult, error) {
-	cfg := &sendConfig{}
-	for _, o := range opts {
-		if o != nil {
-			o(cfg)
-		}
-	}
-	if cfg.taskID == "" {
-		cfg.taskID = uuid.NewString()
-	}
-	msg, err := buildTask(task, cfg, c.cfg.defaultQueue)
+	p, err := c.planner.Plan(&celery.Node{Kind: celery.TaskNode, Name: task, Opts: opts}, nil, true)
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("stalk: send %s: %w", task, trimPrefix(err))
 	}
-	if c.pubConn.State() == broker.Closed {
-		return nil, ErrClosed
+	s, err := c.dispatch(ctx, p)
+	if err != nil {
+		return nil, fmt.Errorf("stalk: send %s: %w", task, trimPrefix(err))
 	}
-	var entry *result.Entry
-	if cfg.ignore {
-		msg.pub.ReplyTo = ""
-	} else {
-		entry = result.NewEntry(cfg.taskID)
-		entry.SetSendInfo(result.SendInfo{Name: task, Args: cfg.args, Kwargs: cfg.kwargs, Queue: msg.routingKey, Sent: time.Now()})
-		c.cons.reg.register(entry)
-		if err := c.cons.follow(ctx, entry); err != nil {
-			c.cons.reg.drop(cfg.taskID)
-			return nil, fmt.Errorf("stalk: send %s: reply queue: %w", task, err)
-		}
-		msg.pub.ReplyTo = c.cons.queueName(cfg.taskID)
-	}
-	if cfg.replyTo != nil {
-		msg.pub.ReplyTo = *cfg.replyTo
-	}
-	if err := c.pub.publish(ctx, msg.exchange, msg.routingKey, msg.queue, msg.pub); err != nil {
-		if entry != nil {
-			c.cons.reg.drop(cfg.taskID)
-			c.forgetLater(cfg.taskID)
-		}
-		return nil, fmt.Errorf("stalk: send %s: %w", task, err)
-	}
-	c.publishSentEvent(ctx, msg)
-	ropts := []result.Option{result.WithApp(c), result.WithTaskName(task), result.WithIgnored(cfg.ignore)}
-	if entry != nil {
-		ropts = append(ropts, result.WithEntry(entry))
-	}
-	return result.New(cfg.taskID, c, ropts...), nil
-}
-
-// forgetLater deletes the reply queue of a task whose publish failed, off
-// the caller's goroutine: Send must return at its ctx even while the broker
-// is unreachable, and the deletion waits for the broker (until Close, or
-// 30 s).
-func (c *Client) forgetLater(id string) {
-	if c.cfg.mode == Shared {
-		return
-	}
-	c.cons.wg.Add(1)
-	go func() {
-		defer c.cons.wg.Done()
-		ctx, cancel := context.WithTimeout(c.resConn.Life(), 30*time.Second)
-		defer cancel()
-		if err := c.cons.forget(ctx, id); err != nil && ctx.Err() == nil {
-			c.log.Debug().Err(err).Str("task_id", id).Msg("reply queue of an unsent task not deleted; it expires by itself")
-		}
-	}()
+	return s.last, nil
 }
 
 // AsyncResult returns the result of task id, which may have been sent by
@@ -196,62 +141,39 @@ func (c *Client) forgetLater(id string) {
 // client's queue. It does not block: State is PENDING until a message
 // arrives, and Get waits for it.
 func (c *Client) AsyncResult(id string, opts ...result.Option) *result.AsyncResult {
-	return result.New(id, c, append([]result.Option{result.WithApp(c)}, opts...)...)
+	return result.New(id, c.back, append([]result.Option{result.WithApp(c)}, opts...)...)
 }
 
-// Attach implements result.Backend.
-func (c *Client) Attach(id string) *result.Entry {
-	e, follow := c.cons.reg.attach(id)
-	if follow {
-		c.seedFromEvents(e)
-	}
-	if follow && c.cfg.mode == PerTask {
-		ctx := c.resConn.Life()
-		c.cons.wg.Add(1)
-		go func() {
-			defer c.cons.wg.Done()
-			if err := c.cons.follow(ctx, e); err != nil && ctx.Err() == nil {
-				e.Fail(err)
-			}
-		}()
-	}
-	return e
+// FromTuple rebuilds the results a Celery result tuple describes
+// (result.FromTuple, Celery's result_from_tuple), read through this
+// client: an *result.AsyncResult with its parents, or a *result.GroupResult.
+func (c *Client) FromTuple(v any) (result.Result, error) {
+	return result.FromTuple(v, c.back, result.WithApp(c))
 }
 
-// Exists implements result.Backend: whether a result for id is known here
-// or, in per-task mode, stored in its reply queue.
-func (c *Client) Exists(ctx context.Context, id string) (bool, error) {
-	return c.cons.exists(ctx, id)
+// AsyncResultFromTuple is FromTuple for a task's tuple.
+func (c *Client) AsyncResultFromTuple(v any) (*result.AsyncResult, error) {
+	return result.AsyncFromTuple(v, c.back, result.WithApp(c))
 }
 
-// Forget implements result.Backend: it drops id's local state, fails
-// waiters with ErrForgotten and, in per-task mode, deletes its reply queue.
-func (c *Client) Forget(ctx context.Context, id string) error {
-	return c.cons.forget(ctx, id)
+// GroupResultFromTuple is FromTuple for a group's tuple.
+func (c *Client) GroupResultFromTuple(v any) (*result.GroupResult, error) {
+	return result.GroupFromTuple(v, c.back, result.WithApp(c))
 }
-
-// Release implements result.Releaser: the client stops following id.
-// Waits on it end with an error wrapping result.ErrReleased; in per-task
-// mode its reply-queue consumer is cancelled, and the queue, with any
-// result stored in it, stays until it expires. A result that arrives
-// later in shared mode is kept in the result cache like any other. A
-// later AsyncResult(id) follows it again. Releasing a task that is not
-// pending does nothing.
-func (c *Client) Release(id string) { c.cons.release(id) }
 
 // ReplyMode returns the client's reply mode.
 func (c *Client) ReplyMode() ReplyMode { return c.cfg.mode }
 
 // ReplyQueue returns the reply queue of task id: the shared queue, or the
 // task's own queue in per-task mode.
-func (c *Client) ReplyQueue(id string) string { return c.cons.queueName(id) }
+func (c *Client) ReplyQueue(id string) string { return c.cons.mode.queueFor(id) }
 
 // State returns the state of the results connection, the one results
 // depend on.
 func (c *Client) State() ConnState { return c.resConn.State() }
 
-// OnStateChange registers fn for state changes of both connections; which
-// is the publishing connection tells which.
+// OnStateChange registers fn for state changes of both connections;
+// publishing tells which.
 func (c *Client) OnStateChange(fn func(publishing bool, s ConnState)) {
 	c.resConn.OnStateChange(func(s ConnState) { fn(false, s) })
 	c.pubConn.OnStateChange(func(s ConnState) { fn(true, s) })
@@ -259,17 +181,19 @@ func (c *Client) OnStateChange(fn func(publishing bool, s ConnState)) {
 
 // Stats is a snapshot of the client's counters.
 type Stats struct {
-	Pending    int   // results somebody asked for that are not ready
-	Cached     int   // ready or unclaimed results kept for later readers
-	Received   int64 // result messages received
-	Malformed  int64 // messages dropped as undecodable
-	Orphans    int64 // messages for ids nobody had asked for
-	Duplicates int64 // final states after the first
-	Stale      int64 // unready states after the final one
-	Evicted    int64 // cached results dropped by the size or age bound
-	Deleted    int64 // reply queues deleted under the client
-	Reconnects int64 // reconnections of the results connection
-	Channels   int   // AMQP channels the client keeps open (fixed)
+	Pending         int   // results somebody asked for that are not ready
+	Cached          int   // ready or unclaimed results kept for later readers
+	Received        int64 // result messages received
+	Malformed       int64 // messages dropped as undecodable
+	Orphans         int64 // messages for ids nobody had asked for
+	Duplicates      int64 // final states after the first
+	Stale           int64 // unready states after the final one
+	Evicted         int64 // cached results dropped by the size or age bound
+	EvictedUnread   int64 // of Evicted, results for ids nobody ever asked for
+	Deleted         int64 // reply queues deleted under the client
+	Reconnects      int64 // reconnections of the results connection
+	DelayedFallback int64 // delayed tasks sent as worker-held ETAs because native delayed delivery was missing
+	Channels        int   // AMQP channels the client keeps open (fixed)
 }
 
 // Stats returns the client's counters.
@@ -280,8 +204,9 @@ func (c *Client) Stats() Stats {
 		Pending: p, Cached: cached,
 		Received: s.received.Load(), Malformed: s.malformed.Load(), Orphans: s.orphans.Load(),
 		Duplicates: s.duplicates.Load(), Stale: s.stale.Load(), Evicted: s.evicted.Load(),
-		Deleted: s.deleted.Load(), Reconnects: s.reconnects.Load(),
-		Channels: 1 + c.cons.channels(),
+		EvictedUnread: s.evictedUnread.Load(), Deleted: s.deleted.Load(), Reconnects: s.reconnects.Load(),
+		DelayedFallback: s.delayedFallback.Load(),
+		Channels:        1 + c.cons.mode.channels(),
 	}
 }
 
@@ -294,11 +219,64 @@ func (c *Client) Close() error {
 		c.closeEvents()
 		if c.pubConn != nil {
 			c.pubConn.Close()
+			c.pub.Close()
 		}
 		c.resConn.Close()
 		c.cons.closeAll()
 	})
 	return nil
+}
+
+// backend is the client as result.Backend: what an AsyncResult reads
+// through. It is not part of the Client's API.
+type backend struct{ c *Client }
+
+var (
+	_ result.Backend  = (*backend)(nil)
+	_ result.Releaser = (*backend)(nil)
+	_ result.Revoker  = (*backend)(nil)
+)
+
+func (b *backend) Attach(id string) *result.Entry {
+	c := b.c
+	e, follow := c.cons.reg.attach(id)
+	if !follow {
+		return e
+	}
+	c.seedFromEvents(e)
+	ctx := c.resConn.Life()
+	c.cons.wg.Add(1)
+	go func() {
+		defer c.cons.wg.Done()
+		if err := c.cons.mode.follow(ctx, e); err != nil && ctx.Err() == nil {
+			e.Fail(err)
+		}
+	}()
+	return e
+}
+
+func (b *backend) Exists(ctx context.Context, id string) (bool, error) {
+	return b.c.cons.exists(ctx, id)
+}
+
+func (b *backend) Forget(ctx context.Context, id string) error { return b.c.cons.forget(ctx, id) }
+
+func (b *backend) Release(id string) { b.c.cons.release(id) }
+
+func (b *backend) Revoke(ctx context.Context, ids []string, opts ...result.ControlOption) ([]result.ControlReply, error) {
+	ctrl, err := b.c.Control(ctx)
+	if err != nil {
+		return nil, err
+	}
+	return ctrl.Revoke(ctx, ids, opts...)
+}
+
+func (b *backend) RevokeByStampedHeaders(ctx context.Context, headers map[string][]string, opts ...result.ControlOption) ([]result.ControlReply, error) {
+	ctrl, err := b.c.Control(ctx)
+	if err != nil {
+		return nil, err
+	}
+	return ctrl.RevokeByStampedHeaders(ctx, headers, opts...)
 }
 
 func sleepCtx(ctx context.Context, d time.Duration) error {

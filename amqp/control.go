@@ -2,41 +2,47 @@ package amqp
 
 import (
 	"context"
+	"fmt"
 	"sync"
 
 	"github.com/stalk-dev/stalk/revoke"
 )
 
-// controlExt holds the lazily created remote-control Controller.
+// controlExt holds the remote-control Controller, dialled on first use.
 type controlExt struct {
-	once sync.Once
-	ctrl *revoke.Controller
+	mu     sync.Mutex
+	ctrl   *revoke.Controller
+	closed bool
 }
 
 // Control returns the client's remote-control Controller (revoke, ping,
-// inspect), created on first use on the client's publishing connection. It
-// is closed by Close.
-func (c *Client) Control() *revoke.Controller {
-	c.control.once.Do(func() {
-		c.control.ctrl = revoke.NewController(c.pubConn, c.log)
-	})
-	return c.control.ctrl
-}
-
-// Revoke implements result.Revoker: one broadcast for all ids. See
-// revoke.Controller.Revoke.
-func (c *Client) Revoke(ctx context.Context, ids []string, opts ...revoke.Option) ([]revoke.Reply, error) {
-	return c.Control().Revoke(ctx, ids, opts...)
-}
-
-// RevokeByStampedHeaders implements result.Revoker.
-func (c *Client) RevokeByStampedHeaders(ctx context.Context, headers map[string][]string, opts ...revoke.Option) ([]revoke.Reply, error) {
-	return c.Control().RevokeByStampedHeaders(ctx, headers, opts...)
+// inspect, control commands). The first call connects it, on a connection
+// of its own named "<name>-control", under ctx; later calls return it at
+// once. Close closes it.
+func (c *Client) Control(ctx context.Context) (*revoke.Controller, error) {
+	c.control.mu.Lock()
+	defer c.control.mu.Unlock()
+	if c.control.closed {
+		return nil, ErrClosed
+	}
+	if c.control.ctrl != nil {
+		return c.control.ctrl, nil
+	}
+	ctrl, err := revoke.Dial(ctx, c.url, revoke.WithLogger(c.log), revoke.WithConnectionName(c.cfg.name+"-control"),
+		revoke.WithTLS(c.cfg.tls), revoke.WithBackoff(c.cfg.backoff))
+	if err != nil {
+		return nil, fmt.Errorf("stalk: remote control: %w", trimPrefix(err))
+	}
+	c.control.ctrl = ctrl
+	return ctrl, nil
 }
 
 func (c *Client) closeControl() {
-	c.control.once.Do(func() {}) // no Controller may be created after Close
-	if c.control.ctrl != nil {
-		c.control.ctrl.Close()
+	c.control.mu.Lock()
+	ctrl := c.control.ctrl
+	c.control.closed = true
+	c.control.mu.Unlock()
+	if ctrl != nil {
+		ctrl.Close()
 	}
 }

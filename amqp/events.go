@@ -3,30 +3,19 @@ package amqp
 import (
 	"context"
 	"fmt"
-	"sync"
 
 	amqp091 "github.com/rabbitmq/amqp091-go"
 
 	"github.com/stalk-dev/stalk/events"
+	"github.com/stalk-dev/stalk/internal/broker"
+	"github.com/stalk-dev/stalk/internal/celery"
 	"github.com/stalk-dev/stalk/result"
 )
-
-// WithEvents runs a Celery event receiver on the client's results
-// connection and keeps an events.State (Client.Events). AsyncResult's
-// Worker, Retries, DateDone and Name are then filled from task events too,
-// also for tasks this process did not send. The workers must send task
-// events (celery worker -E). Default: off.
-func WithEvents(opts ...events.StateOption) Option {
-	return func(c *config) { c.events, c.eventStateOpts = true, opts }
-}
 
 type eventsExt struct {
 	recv  *events.Receiver
 	sub   *events.Subscription
 	state *events.State
-
-	mu sync.Mutex // guards ch: PublishTaskSent wants exclusive use
-	ch *amqp091.Channel
 }
 
 // Events returns the event State kept with WithEvents, or nil.
@@ -42,14 +31,15 @@ func (c *Client) startEvents(ctx context.Context) error {
 			observeTask(e, t)
 		}
 	})
-	recv, err := events.NewReceiver(ctx, c.resConn, events.WithLogger(c.log), events.TaskEvents())
+	recv, err := events.Dial(ctx, c.url, events.WithLogger(c.log), events.TaskEvents(),
+		events.ConnectionName(c.cfg.name+"-events"), events.WithTLS(c.cfg.tls), events.WithBackoff(c.cfg.backoff))
 	if err != nil {
-		return fmt.Errorf("stalk: event receiver: %w", err)
+		return fmt.Errorf("stalk: event receiver: %w", trimPrefix(err))
 	}
 	sub, err := recv.Subscribe(c.resConn.Life(), st.Apply)
 	if err != nil {
 		recv.Close()
-		return fmt.Errorf("stalk: event receiver: %w", err)
+		return fmt.Errorf("stalk: event receiver: %w", trimPrefix(err))
 	}
 	c.evx.recv, c.evx.sub, c.evx.state = recv, sub, st
 	return nil
@@ -77,52 +67,49 @@ func (c *Client) seedFromEvents(e *result.Entry) {
 	}
 }
 
-// publishSentEvent publishes task-sent for msg, when WithSentEvents is on.
-// A failure is logged: the task itself was sent and confirmed.
-func (c *Client) publishSentEvent(ctx context.Context, msg *taskMessage) {
+// publishSentEvent publishes task-sent for m, sent through r, when
+// WithSentEvents is on. Its timestamp is when the task was built, before
+// its publish, so that it never comes after the worker's task-received. It
+// is published as Celery publishes events: not mandatory (nobody need be
+// listening), and a failure is logged, not returned: the task itself was
+// sent and confirmed.
+func (c *Client) publishSentEvent(ctx context.Context, m *celery.Message, r celery.Route) {
 	if !c.cfg.sentEvents {
 		return
 	}
-	ev := events.TaskSent{
-		UUID:       msg.id,
-		RootID:     headerString(msg.pub.Headers["root_id"]),
-		ParentID:   headerString(msg.pub.Headers["parent_id"]),
-		Name:       headerString(msg.pub.Headers["task"]),
-		Args:       headerString(msg.pub.Headers["argsrepr"]),
-		Kwargs:     headerString(msg.pub.Headers["kwargsrepr"]),
-		ETA:        headerString(msg.pub.Headers["eta"]),
-		Expires:    headerString(msg.pub.Headers["expires"]),
-		Queue:      msg.routingKey,
-		Exchange:   msg.exchange,
-		RoutingKey: msg.routingKey,
+	ev := events.NewTaskSent(events.TaskSent{
+		UUID:       m.ID,
+		RootID:     headerString(m.Headers["root_id"]),
+		ParentID:   headerString(m.Headers["parent_id"]),
+		Name:       m.Name,
+		Args:       m.ArgsRepr,
+		Kwargs:     m.KwRepr,
+		ETA:        headerString(m.Headers["eta"]),
+		Expires:    headerString(m.Headers["expires"]),
+		Queue:      r.Key,
+		Exchange:   r.Exchange,
+		RoutingKey: r.Key,
+		Header:     events.Header{Time: m.Built},
+	})
+	if r.Queue != nil {
+		ev.Queue = r.Queue.Name
 	}
-	if msg.queue != "" {
-		ev.Queue = msg.queue
-	}
-	c.evx.mu.Lock()
-	defer c.evx.mu.Unlock()
-	for attempt := 0; attempt < 2; attempt++ {
-		if c.evx.ch == nil || c.evx.ch.IsClosed() {
-			conn, err := c.pubConn.Connection(ctx)
-			if err != nil {
-				c.log.Warn().Err(err).Str("task_id", msg.id).Msg("task-sent event not published")
-				return
-			}
+	msg, err := events.TaskSentPublishing(ev)
+	if err == nil {
+		err = c.pub.Ensure(ctx, "exchange\x00"+events.Exchange, func(conn *amqp091.Connection) error {
 			ch, err := conn.Channel()
 			if err != nil {
-				c.log.Warn().Err(err).Str("task_id", msg.id).Msg("task-sent event not published")
-				return
+				return err
 			}
-			c.evx.ch = ch
-		}
-		err := events.PublishTaskSent(ctx, c.evx.ch, ev)
-		if err == nil {
-			return
-		}
-		if !c.evx.ch.IsClosed() || attempt == 1 {
-			c.log.Warn().Err(err).Str("task_id", msg.id).Msg("task-sent event not published")
-			return
-		}
+			defer ch.Close()
+			return events.DeclareExchange(ch)
+		})
+	}
+	if err == nil {
+		err = c.pub.Publish(ctx, broker.Message{Exchange: events.Exchange, Key: events.RoutingKeyTaskSent, Msg: msg})
+	}
+	if err != nil {
+		c.log.Warn().Err(err).Str("task_id", m.ID).Msg("task-sent event not published")
 	}
 }
 
@@ -133,11 +120,6 @@ func (c *Client) closeEvents() {
 	if c.evx.recv != nil {
 		c.evx.recv.Close()
 	}
-	c.evx.mu.Lock()
-	if c.evx.ch != nil {
-		c.evx.ch.Close()
-	}
-	c.evx.mu.Unlock()
 }
 
 func headerString(v any) string {

@@ -7,8 +7,10 @@ import (
 	"time"
 
 	"github.com/rs/zerolog"
+
 	"github.com/stalk-dev/stalk/events"
 	"github.com/stalk-dev/stalk/internal/broker"
+	"github.com/stalk-dev/stalk/internal/celery"
 )
 
 // ReplyMode selects how results come back.
@@ -42,45 +44,95 @@ func ParseReplyMode(s string) (ReplyMode, error) {
 	return 0, fmt.Errorf("stalk: unknown reply mode %q (want per-task or shared)", s)
 }
 
+// TaskQueue is one of the fleet's task queues, as its workers declare it
+// (Celery's kombu.Queue in task_queues): name, exchange and exchange type,
+// routing key, queue type and extra arguments. See WithTaskQueues.
+type TaskQueue = celery.Queue
+
+// QueueType is a RabbitMQ queue type.
+type QueueType = celery.QueueType
+
+// Queue types.
+const (
+	Classic = celery.Classic
+	Quorum  = celery.Quorum
+)
+
+// Exchange types for TaskQueue.ExchangeType.
+const (
+	DirectExchange  = celery.Direct
+	TopicExchange   = celery.Topic
+	FanoutExchange  = celery.Fanout
+	HeadersExchange = celery.Headers
+)
+
+// DelayedDelivery says when a task with a countdown or an ETA goes through
+// Celery 5.5+'s native delayed delivery (the celery_delayed_* queues a
+// 5.5+ worker declares) instead of being held in the worker's memory.
+type DelayedDelivery int
+
+const (
+	// DelayedAuto (the default) uses native delayed delivery for a delay of
+	// at least one second to a quorum queue on a non-direct exchange, as
+	// Celery does, when the celery_delayed_27 exchange exists. When it does
+	// not (no 5.5+ worker with quorum queues ever started on the vhost),
+	// the task is sent as a worker-held ETA task instead, and the client
+	// logs one warning.
+	DelayedAuto DelayedDelivery = iota
+	// DelayedOff always sends worker-held ETA tasks.
+	DelayedOff
+	// DelayedRequired is DelayedAuto, except that a task that would fall
+	// back to a worker-held ETA fails with ErrNoDelayedDelivery.
+	DelayedRequired
+)
+
 // Option configures Dial.
 type Option func(*config)
 
 type config struct {
-	logger         zerolog.Logger
-	mode           ReplyMode
-	replyQueue     string
-	replyPrefix    string
-	resultExpires  time.Duration
-	tls            *tls.Config
-	name           string
-	backoff        broker.Backoff
-	maxBody        int
-	cacheSize      int
-	cacheTTL       time.Duration
-	defaultQueue   string
-	lanes          int
-	prefetch       int
-	sentEvents     bool
-	heartbeat      time.Duration
-	declareDefault bool
+	logger        zerolog.Logger
+	mode          ReplyMode
+	modeSet       bool
+	replyQueue    string
+	replyPrefix   string
+	resultExpires time.Duration
+	tls           *tls.Config
+	name          string
+	backoff       broker.Backoff
+	maxBody       int
+	cacheSize     int
+	cacheTTL      time.Duration
+	lanes         int
+	lanesSet      bool
+	prefetch      int
+	sentEvents    bool
+	heartbeat     time.Duration
+
 	events         bool
 	eventStateOpts []events.StateOption
+
+	topo    celery.Topology
+	declare bool
+	delayed DelayedDelivery
 }
 
 func defaultConfig() config {
 	return config{
-		logger:         zerolog.Nop(),
-		mode:           PerTask,
-		replyPrefix:    "stalk.reply.",
-		resultExpires:  24 * time.Hour,
-		name:           "stalk",
-		maxBody:        16 << 20,
-		cacheSize:      10000,
-		cacheTTL:       time.Hour,
-		defaultQueue:   "celery",
-		lanes:          16,
-		prefetch:       512,
-		declareDefault: true,
+		logger:        zerolog.Nop(),
+		mode:          PerTask,
+		replyPrefix:   "stalk.reply.",
+		resultExpires: 24 * time.Hour,
+		name:          "stalk",
+		maxBody:       16 << 20,
+		cacheSize:     10000,
+		cacheTTL:      time.Hour,
+		lanes:         16,
+		prefetch:      512,
+		declare:       true,
+		topo: celery.Topology{
+			DefaultQueue:  "celery",
+			CreateMissing: true,
+		},
 	}
 }
 
@@ -89,8 +141,17 @@ func (c *config) validate() error {
 	if c.mode != PerTask && c.mode != Shared {
 		errs = append(errs, fmt.Errorf("unknown reply mode %d", c.mode))
 	}
+	if c.replyQueue != "" && c.modeSet && c.mode != Shared {
+		errs = append(errs, fmt.Errorf("WithReplyQueue(%q) names a shared reply queue, but WithReplyMode(%s) was given", c.replyQueue, c.mode))
+	}
+	if c.lanesSet && c.mode == Shared {
+		errs = append(errs, errors.New("WithLanes applies to per-task reply queues, but the reply mode is shared"))
+	}
 	if c.resultExpires < time.Second {
 		errs = append(errs, fmt.Errorf("result lifetime %s is under 1s", c.resultExpires))
+	}
+	if c.resultExpires > time.Duration(1<<31-1)*time.Millisecond {
+		errs = append(errs, fmt.Errorf("result lifetime %s is over RabbitMQ's x-expires limit (about 24.8 days)", c.resultExpires))
 	}
 	if c.maxBody <= 0 {
 		errs = append(errs, errors.New("max body size must be positive"))
@@ -104,26 +165,30 @@ func (c *config) validate() error {
 	if c.prefetch < 0 || c.prefetch > 65535 {
 		errs = append(errs, fmt.Errorf("prefetch %d is outside 0..65535", c.prefetch))
 	}
-	if c.defaultQueue == "" {
-		errs = append(errs, errors.New("default queue is empty"))
-	}
 	if c.replyPrefix == "" {
 		errs = append(errs, errors.New("reply queue prefix is empty"))
+	}
+	switch c.delayed {
+	case DelayedAuto, DelayedOff, DelayedRequired:
+	default:
+		errs = append(errs, fmt.Errorf("unknown delayed delivery mode %d", c.delayed))
+	}
+	if err := c.topo.Validate(); err != nil {
+		errs = append(errs, err)
 	}
 	// Room for a UUID task id after the prefix (a per-task queue name).
 	for _, f := range []struct {
 		what, v string
 		room    int
 	}{
-		{"default queue", c.defaultQueue, 0}, {"reply queue", c.replyQueue, 0},
-		{"reply queue prefix", c.replyPrefix, 36},
+		{"reply queue", c.replyQueue, 0}, {"reply queue prefix", c.replyPrefix, 36}, {"connection name", c.name, len("-results")},
 	} {
-		if err := broker.CheckShortString(f.what, f.v, f.room); err != nil {
+		if err := celery.CheckShortString(f.what, f.v, f.room); err != nil {
 			errs = append(errs, err)
 		}
 	}
 	if len(errs) > 0 {
-		return fmt.Errorf("stalk: invalid options: %w", errors.Join(errs...))
+		return fmt.Errorf("%w: %w", ErrInvalidOption, errors.Join(errs...))
 	}
 	return nil
 }
@@ -133,13 +198,19 @@ func (c *config) validate() error {
 func WithLogger(l zerolog.Logger) Option { return func(c *config) { c.logger = l } }
 
 // WithReplyMode selects PerTask (the default) or Shared reply queues.
-func WithReplyMode(m ReplyMode) Option { return func(c *config) { c.mode = m } }
+func WithReplyMode(m ReplyMode) Option { return func(c *config) { c.mode, c.modeSet = m, true } }
 
-// WithReplyQueue selects Shared mode with a stable reply queue name, so that
-// a restarted process gets back the results of tasks it sent before. Default:
-// Shared mode uses "stalk.reply.<random uuid>".
+// WithReplyQueue names the shared reply queue, so that a restarted process
+// gets back the results of tasks it sent before it stopped. It implies
+// Shared mode; with WithReplyMode(PerTask) Dial fails. Default: Shared
+// mode uses "stalk.reply.<random uuid>".
 func WithReplyQueue(name string) Option {
-	return func(c *config) { c.mode, c.replyQueue = Shared, name }
+	return func(c *config) {
+		c.replyQueue = name
+		if !c.modeSet {
+			c.mode = Shared
+		}
+	}
 }
 
 // WithReplyQueuePrefix sets the prefix of per-task reply queue names
@@ -156,7 +227,8 @@ func WithResultExpires(d time.Duration) Option { return func(c *config) { c.resu
 func WithTLS(t *tls.Config) Option { return func(c *config) { c.tls = t } }
 
 // WithConnectionName sets the name RabbitMQ shows for the client's
-// connections; "-publish" and "-results" are appended. Default: "stalk".
+// connections; "-publish", "-results", "-control" and "-events" are
+// appended. Default: "stalk".
 func WithConnectionName(n string) Option { return func(c *config) { c.name = n } }
 
 // WithBackoff sets the redial delay function. Default: capped exponential
@@ -169,23 +241,79 @@ func WithBackoff(b func(attempt int) time.Duration) Option {
 // counted, logged and dropped. Default: 16 MiB.
 func WithMaxBodySize(n int) Option { return func(c *config) { c.maxBody = n } }
 
-// WithResultCache bounds the results kept for ids nobody is waiting on yet
-// (results of other processes' tasks on a shared queue, or finished results
-// not yet asked for): at most size entries, each for at most ttl. Evictions
-// are counted and logged. Default: 10,000 entries, 1 hour.
+// WithResultCache bounds the results kept for later readers: final states
+// (a later AsyncResult for the same id reads them without asking the
+// broker) and results for ids nobody has asked for yet. At most size
+// entries, each for at most ttl. Evicting a result that nobody ever asked
+// for is logged as a warning; evicting one that was read is routine and
+// only counted. Default: 10,000 entries, 1 hour.
 func WithResultCache(size int, ttl time.Duration) Option {
 	return func(c *config) { c.cacheSize, c.cacheTTL = size, ttl }
 }
 
-// WithDefaultQueue sets the queue tasks go to when Send names none.
-// Default: "celery".
-func WithDefaultQueue(q string) Option { return func(c *config) { c.defaultQueue = q } }
+// WithDefaultQueue sets the queue tasks go to when Send names none
+// (Celery's task_default_queue). Default: "celery".
+func WithDefaultQueue(q string) Option { return func(c *config) { c.topo.DefaultQueue = q } }
+
+// WithDefaultQueueType sets the type of the default queue when stalk has
+// to create it and WithTaskQueues does not list it (Celery's
+// task_default_queue_type). Default: Classic. A fleet of Celery 5.5+
+// workers with task_default_queue_type = "quorum" needs Quorum here, or
+// WithDeclareQueues(false).
+func WithDefaultQueueType(t QueueType) Option {
+	return func(c *config) { c.topo.DefaultQueueType = t }
+}
+
+// WithTaskQueues lists the fleet's task queues as its workers declare them
+// (Celery's task_queues). A task sent to one of them is routed as Celery
+// routes it: to the default exchange with the queue's name for a direct
+// exchange, otherwise to the queue's exchange with its routing key; and a
+// queue that does not exist yet is declared with its type and arguments.
+// A queue that exists is always used as it is. Default: none.
+func WithTaskQueues(queues ...TaskQueue) Option {
+	return func(c *config) { c.topo.Queues = append(c.topo.Queues, queues...) }
+}
+
+// WithCreateMissingQueues says whether a task may name a queue that
+// WithTaskQueues does not list and that is not the default queue
+// (Celery's task_create_missing_queues). Such a queue gets a direct
+// exchange of its name and the WithMissingQueueType type. Default: true.
+// With false, Send fails with ErrUnknownQueue.
+func WithCreateMissingQueues(b bool) Option { return func(c *config) { c.topo.CreateMissing = b } }
+
+// WithMissingQueueType sets the type of queues created for names
+// WithTaskQueues does not list (Celery's task_create_missing_queue_type).
+// Default: Classic.
+func WithMissingQueueType(t QueueType) Option {
+	return func(c *config) { c.topo.MissingQueueType = t }
+}
+
+// WithMissingExchangeType sets the exchange type of queues created for
+// names WithTaskQueues does not list (Celery's
+// task_create_missing_queue_exchange_type). Default: "direct".
+func WithMissingExchangeType(t string) Option {
+	return func(c *config) { c.topo.MissingExchangeType = t }
+}
+
+// WithDeclareQueues says whether stalk may declare a task queue (and its
+// exchange and binding) that does not exist. With false the workers own
+// the topology: stalk never declares a task queue, and a task to a queue
+// that does not exist fails with ErrQueueNotFound. Either way a queue that
+// exists is used as it is, checked with a passive declare, so stalk never
+// causes a 406 PRECONDITION_FAILED. Default: true.
+func WithDeclareQueues(b bool) Option { return func(c *config) { c.declare = b } }
+
+// WithDelayedDelivery sets when countdowns and ETAs use native delayed
+// delivery. Default: DelayedAuto.
+func WithDelayedDelivery(d DelayedDelivery) Option { return func(c *config) { c.delayed = d } }
 
 // WithLanes sets how many AMQP channels per-task mode uses for reply queue
-// declarations and consumers. Default: 16. Shared mode uses one.
-func WithLanes(n int) Option { return func(c *config) { c.lanes = n } }
+// declarations and consumers. Default: 16. It is an error in shared mode,
+// which uses one.
+func WithLanes(n int) Option { return func(c *config) { c.lanes, c.lanesSet = n, true } }
 
-// WithPrefetch sets the consumer prefetch per reply channel. Default: 512.
+// WithPrefetch sets the consumer prefetch per reply channel (per-consumer
+// QoS). Default: 512.
 func WithPrefetch(n int) Option { return func(c *config) { c.prefetch = n } }
 
 // WithSentEvents publishes a task-sent event for every task, as Celery's
@@ -195,3 +323,12 @@ func WithSentEvents(b bool) Option { return func(c *config) { c.sentEvents = b }
 
 // WithHeartbeat sets the AMQP heartbeat. Default: 10 s.
 func WithHeartbeat(d time.Duration) Option { return func(c *config) { c.heartbeat = d } }
+
+// WithEvents runs a Celery event receiver, on a connection of its own, and
+// keeps an events.State (Client.Events). AsyncResult's Worker, Retries,
+// DateDone and Name are then filled from task events too, also for tasks
+// this process did not send. The workers must send task events (celery
+// worker -E). Default: off.
+func WithEvents(opts ...events.StateOption) Option {
+	return func(c *config) { c.events, c.eventStateOpts = true, opts }
+}

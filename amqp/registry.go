@@ -11,7 +11,9 @@ import (
 // registry maps task ids to their entries. Pending holds the entries
 // somebody asked for that have not settled; they are never evicted. cache
 // holds settled entries and entries for ids nobody has asked for yet
-// (orphans), bounded by a size and a TTL.
+// (orphans), bounded by a size and a TTL. Evictions are reported apart:
+// an orphan that goes unread is worth a warning, a result that was asked
+// for is not.
 type registry struct {
 	mu      sync.Mutex
 	pending map[string]*result.Entry
@@ -32,6 +34,7 @@ func (r *registry) attach(id string) (e *result.Entry, follow bool) {
 	}
 	if e := r.cache.get(id); e != nil {
 		if e.State().Ready() {
+			r.cache.claim(id)
 			return e, false
 		}
 		r.cache.remove(id)
@@ -52,37 +55,37 @@ func (r *registry) register(e *result.Entry) {
 
 // route returns the entry a message for id goes to. known is false when
 // nobody has asked for id: the entry is then a new orphan in the cache.
-func (r *registry) route(id string) (e *result.Entry, known bool, evicted int) {
+func (r *registry) route(id string) (e *result.Entry, known bool, ev evictions) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if e := r.pending[id]; e != nil {
-		return e, true, 0
+		return e, true, ev
 	}
 	if e := r.cache.get(id); e != nil {
-		return e, true, 0
+		return e, true, ev
 	}
 	e = result.NewEntry(id)
-	evicted = r.cache.put(id, e)
-	return e, false, evicted
+	ev = r.cache.put(id, e, false)
+	return e, false, ev
 }
 
 // settled moves e, which has just settled with m, from pending into the
 // cache. If e is no longer id's pending entry (released while m was being
 // delivered to it), m is kept in the cache under a fresh entry, unless the
 // cache has one for id already: a later reader of id still finds it.
-func (r *registry) settled(id string, e *result.Entry, m *result.Meta) (evicted int) {
+func (r *registry) settled(id string, e *result.Entry, m *result.Meta) evictions {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	if r.pending[id] == e {
 		delete(r.pending, id)
-		return r.cache.put(id, e)
+		return r.cache.put(id, e, true)
 	}
 	if r.pending[id] != nil || r.cache.get(id) != nil {
-		return 0
+		return evictions{}
 	}
 	fresh := result.NewEntry(id)
 	fresh.Deliver(m)
-	return r.cache.put(id, fresh)
+	return r.cache.put(id, fresh, true)
 }
 
 // drop forgets id entirely.
@@ -151,9 +154,24 @@ type lru struct {
 }
 
 type lruItem struct {
-	id    string
-	e     *result.Entry
-	added time.Time
+	id      string
+	e       *result.Entry
+	added   time.Time
+	claimed bool // somebody asked for this id
+}
+
+// evictions counts the entries a put evicted: orphans nobody ever asked
+// for, and results somebody had asked for (read, or waited on).
+type evictions struct{ unclaimed, claimed int }
+
+func (ev evictions) total() int { return ev.unclaimed + ev.claimed }
+
+func (ev *evictions) add(it *lruItem) {
+	if it.claimed {
+		ev.claimed++
+	} else {
+		ev.unclaimed++
+	}
 }
 
 func newLRU(size int, ttl time.Duration) *lru {
@@ -176,24 +194,33 @@ func (c *lru) get(id string) *result.Entry {
 	return it.e
 }
 
-// put inserts id and returns how many entries it evicted.
-func (c *lru) put(id string, e *result.Entry) (evicted int) {
+// put inserts id and returns what it evicted.
+func (c *lru) put(id string, e *result.Entry, claimed bool) (ev evictions) {
 	now := c.now()
 	if el := c.items[id]; el != nil {
-		el.Value.(*lruItem).e = e
+		it := el.Value.(*lruItem)
+		it.e = e
+		it.claimed = it.claimed || claimed
 		c.ll.MoveToFront(el)
-		return 0
+		return ev
 	}
-	c.items[id] = c.ll.PushFront(&lruItem{id: id, e: e, added: now})
+	c.items[id] = c.ll.PushFront(&lruItem{id: id, e: e, added: now, claimed: claimed})
 	for c.ll.Len() > c.size {
+		ev.add(c.ll.Back().Value.(*lruItem))
 		c.removeElement(c.ll.Back())
-		evicted++
 	}
 	for el := c.ll.Back(); el != nil && now.Sub(el.Value.(*lruItem).added) > c.ttl; el = c.ll.Back() {
+		ev.add(el.Value.(*lruItem))
 		c.removeElement(el)
-		evicted++
 	}
-	return evicted
+	return ev
+}
+
+// claim records that somebody asked for id.
+func (c *lru) claim(id string) {
+	if el := c.items[id]; el != nil {
+		el.Value.(*lruItem).claimed = true
+	}
 }
 
 func (c *lru) remove(id string) {

@@ -10,6 +10,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/stalk-dev/stalk/internal/fixtures"
+	"github.com/stalk-dev/stalk/result"
 )
 
 // captureBodies returns the messages published to celeryev in the real
@@ -107,18 +108,18 @@ func TestDecodeCaptureIntoState(t *testing.T) {
 			st.Apply(ev)
 		}
 	}
-	ok := TasksByState(StateSuccess)
+	ok := TasksByState(result.Success)
 	require.NotEmpty(t, st.Tasks(ok))
 	flaky, found := st.Task("bc1f4c54-6623-4097-90ef-596f4cc401db")
 	require.True(t, found)
-	require.Equal(t, StateSuccess, flaky.State)
+	require.Equal(t, result.Success, flaky.State)
 	require.Equal(t, "tasks.flaky", flaky.Name)
 	require.Equal(t, 2, flaky.Retries)
 	require.Equal(t, "w1@vm", flaky.Worker)
 	require.Equal(t, "'ok after 2'", flaky.Result)
 	require.False(t, flaky.Retried.IsZero())
 	boom, _ := st.Task("618abdec-11fb-4a38-9549-adcb56a05001")
-	require.Equal(t, StateFailure, boom.State)
+	require.Equal(t, result.Failure, boom.State)
 	require.Equal(t, "ValueError('bad')", boom.Exception)
 	// The chain's second step is the first step's child.
 	first, _ := st.Task("c1d6171e-3536-4154-816e-4982174dd9ad")

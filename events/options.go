@@ -1,6 +1,7 @@
 package events
 
 import (
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"time"
@@ -8,6 +9,7 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/stalk-dev/stalk/internal/broker"
+	"github.com/stalk-dev/stalk/internal/celery"
 )
 
 // Defaults for Receiver options.
@@ -32,6 +34,8 @@ type config struct {
 	wake     bool
 	maxBody  int
 	connName string
+	tls      *tls.Config
+	backoff  broker.Backoff
 	now      func() time.Time
 }
 
@@ -66,12 +70,12 @@ func (c *config) validate() error {
 	}
 	// AMQP limits names and routing keys to 255 bytes, and amqp091-go
 	// truncates longer ones without a word; a generated name adds a UUID.
-	if err := broker.CheckShortString("QueueName", c.queue, 0); err != nil {
+	if err := celery.CheckShortString("QueueName", c.queue, 0); err != nil {
 		return fmt.Errorf("events: %w", err)
 	}
 	if c.queue == "" {
 		// A generated name is the prefix, a dot and a UUID.
-		if err := broker.CheckShortString("QueuePrefix", c.prefix, 37); err != nil {
+		if err := celery.CheckShortString("QueuePrefix", c.prefix, 37); err != nil {
 			return fmt.Errorf("events: %w", err)
 		}
 	}
@@ -79,7 +83,7 @@ func (c *config) validate() error {
 		if p == "" {
 			return errors.New("events: empty binding pattern")
 		}
-		if err := broker.CheckShortString("binding pattern", p, 0); err != nil {
+		if err := celery.CheckShortString("binding pattern", p, 0); err != nil {
 			return fmt.Errorf("events: %w", err)
 		}
 	}
@@ -146,6 +150,16 @@ func MaxBodySize(n int) Option { return func(c *config) { c.maxBody = n } }
 // ConnectionName sets the AMQP connection name Dial uses (shown by
 // rabbitmqctl). Ignored by NewReceiver. Default: "stalk-events".
 func ConnectionName(n string) Option { return func(c *config) { c.connName = n } }
+
+// WithTLS sets the TLS configuration for amqps:// URLs. Default: the
+// system roots.
+func WithTLS(t *tls.Config) Option { return func(c *config) { c.tls = t } }
+
+// WithBackoff sets the redial delay function. Default: capped exponential
+// backoff with jitter, 100 ms doubling to 5 s.
+func WithBackoff(b func(attempt int) time.Duration) Option {
+	return func(c *config) { c.backoff = b }
+}
 
 // SubOption configures a Subscription.
 type SubOption func(*subConfig)

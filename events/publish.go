@@ -1,15 +1,11 @@
 package events
 
 import (
-	"context"
 	"encoding/json"
 	"fmt"
 	"os"
-	"runtime"
-	"sync"
 	"sync/atomic"
 	"time"
-	"weak"
 
 	amqp091 "github.com/rabbitmq/amqp091-go"
 )
@@ -159,46 +155,3 @@ func TaskSentPublishing(ev TaskSent) (amqp091.Publishing, error) {
 
 // RoutingKeyTaskSent is the routing key of task-sent events.
 const RoutingKeyTaskSent = "task.sent"
-
-// declared remembers the channels on which celeryev has been declared, so
-// that PublishTaskSent declares it once per channel, as kombu's
-// maybe_declare does. Entries go away with their channels.
-var declared sync.Map // weak.Pointer[amqp091.Channel] → struct{}
-
-// PublishTaskSent completes ev with NewTaskSent and publishes it to the
-// celeryev exchange with routing key "task.sent", declaring the exchange
-// (topic, durable) the first time it is used on ch. Call it on your
-// publishing channel right after the task's publish, as Celery does when
-// task_send_sent_event is on.
-//
-// ch must not be used by another goroutine meanwhile. If ch is in confirm
-// mode, the event takes a delivery tag like any publish; PublishTaskSent
-// does not wait for its confirmation. ctx bounds the publish as amqp091's
-// PublishWithContext does: once the frames are being written, it does not
-// interrupt them.
-func PublishTaskSent(ctx context.Context, ch *amqp091.Channel, ev TaskSent) error {
-	if ch == nil {
-		return fmt.Errorf("events: PublishTaskSent: nil channel")
-	}
-	if ev.UUID == "" || ev.Name == "" {
-		return fmt.Errorf("events: PublishTaskSent: UUID and Name are required")
-	}
-	ev = NewTaskSent(ev)
-	msg, err := TaskSentPublishing(ev)
-	if err != nil {
-		return err
-	}
-	key := weak.Make(ch)
-	if _, ok := declared.Load(key); !ok {
-		if err := DeclareExchange(ch); err != nil {
-			return err
-		}
-		if _, loaded := declared.LoadOrStore(key, struct{}{}); !loaded {
-			runtime.AddCleanup(ch, func(k weak.Pointer[amqp091.Channel]) { declared.Delete(k) }, key)
-		}
-	}
-	if err := ch.PublishWithContext(ctx, Exchange, RoutingKeyTaskSent, false, false, msg); err != nil {
-		return fmt.Errorf("events: publish task-sent for %s: %w", ev.UUID, err)
-	}
-	return nil
-}

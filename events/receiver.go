@@ -13,10 +13,13 @@ import (
 	"github.com/rs/zerolog"
 
 	"github.com/stalk-dev/stalk/internal/broker"
+	"github.com/stalk-dev/stalk/internal/celery"
+	"github.com/stalk-dev/stalk/result"
 )
 
-// ErrClosed is returned by a Receiver's methods after Close.
-var ErrClosed = errors.New("events: receiver closed")
+// ErrClosed is returned by a Receiver's methods after Close. It is
+// result.ErrClosed, the one ErrClosed of every stalk package.
+var ErrClosed = result.ErrClosed
 
 // Exchange is the name of Celery's event exchange. It is a durable topic
 // exchange; declaring it with any other flags makes RabbitMQ close the
@@ -49,6 +52,7 @@ func DeclareExchange(ch *amqp091.Channel) error {
 // (and then only those younger than MessageTTL survive).
 type Receiver struct {
 	conn  *broker.Conn
+	pub   *broker.Publisher
 	owned bool
 	cfg   config
 	log   zerolog.Logger
@@ -103,7 +107,7 @@ func Dial(ctx context.Context, url string, opts ...Option) (*Receiver, error) {
 	if err := cfg.validate(); err != nil {
 		return nil, err
 	}
-	conn, err := broker.Dial(ctx, broker.Config{URL: url, Name: cfg.connName, Logger: cfg.log})
+	conn, err := broker.Dial(ctx, broker.Config{URL: url, Name: cfg.connName, Logger: cfg.log, TLS: cfg.tls, Backoff: cfg.backoff})
 	if err != nil {
 		return nil, fmt.Errorf("events: dial: %w", err)
 	}
@@ -115,31 +119,10 @@ func Dial(ctx context.Context, url string, opts ...Option) (*Receiver, error) {
 	return r, nil
 }
 
-// NewReceiver returns a Receiver on a connection the caller owns: Close
-// stops the Receiver but leaves conn open. It declares and starts
-// consuming the event queue before returning, so that every event
-// published afterwards is received: events that arrive before the first
-// Subscribe wait for it (as does the backlog of a Durable queue), and
-// after that each event reaches the subscriptions present when it arrives.
-// If conn is not Ready yet, NewReceiver waits for it until ctx ends. ctx
-// bounds only this setup.
-func NewReceiver(ctx context.Context, conn *broker.Conn, opts ...Option) (*Receiver, error) {
-	if conn == nil {
-		return nil, errors.New("events: NewReceiver: nil connection")
-	}
-	cfg := defaultConfig()
-	for _, o := range opts {
-		o(&cfg)
-	}
-	if err := cfg.validate(); err != nil {
-		return nil, err
-	}
-	return newReceiver(ctx, conn, false, cfg)
-}
-
 func newReceiver(ctx context.Context, conn *broker.Conn, owned bool, cfg config) (*Receiver, error) {
 	r := &Receiver{
 		conn:  conn,
+		pub:   broker.NewPublisher(conn, cfg.log),
 		owned: owned,
 		cfg:   cfg,
 		tag:   "stalk-events-" + uuid.NewString(),
@@ -259,9 +242,13 @@ func (r *Receiver) setup(conn *amqp091.Connection) error {
 	go r.consume(conn, ch, deliveries, closed)
 	r.log.Debug().Str("queue", queue).Strs("patterns", r.cfg.patterns).Msg("consuming events")
 	if r.cfg.wake {
-		if err := wakeWorkers(conn); err != nil {
-			r.log.Warn().Err(err).Msg("heartbeat broadcast failed")
-		}
+		// After the hook: the publisher waits for the connection to be
+		// Ready, which it is not while its hooks run.
+		r.wg.Add(1)
+		go func() {
+			defer r.wg.Done()
+			r.wakeWorkers()
+		}()
 	}
 	return nil
 }
@@ -484,10 +471,12 @@ func (r *Receiver) Stats() Stats {
 func (r *Receiver) Close() error {
 	r.shutdown()
 	r.wg.Wait()
+	var err error
 	if r.owned {
-		return r.conn.Close()
+		err = r.conn.Close()
 	}
-	return nil
+	r.pub.Close()
+	return err
 }
 
 func (r *Receiver) shutdown() {
@@ -516,27 +505,43 @@ func (r *Receiver) shutdown() {
 
 // wakeWorkers broadcasts the "heartbeat" control command, without asking
 // for replies, as Celery's receiver does when it starts: every worker
-// answers with an immediate worker-heartbeat.
-// It uses a channel of its own, so that a failure cannot close the
-// consuming channel.
-func wakeWorkers(conn *amqp091.Connection) error {
-	const pidbox = "celery.pidbox"
-	ch, err := conn.Channel()
-	if err != nil {
-		return err
+// answers with an immediate worker-heartbeat. It is not mandatory: with no
+// worker online there is nobody to wake.
+func (r *Receiver) wakeWorkers() {
+	ctx, cancel := context.WithTimeout(r.conn.Life(), 10*time.Second)
+	defer cancel()
+	stop := make(chan struct{})
+	defer close(stop)
+	go func() {
+		select {
+		case <-r.done:
+			cancel()
+		case <-stop:
+		}
+	}()
+	body, err := celery.EncodeControl("heartbeat", nil, nil, "", "")
+	if err == nil {
+		err = r.pub.Ensure(ctx, "exchange\x00"+celery.ControlExchange, func(conn *amqp091.Connection) error {
+			ch, err := conn.Channel()
+			if err != nil {
+				return err
+			}
+			defer ch.Close()
+			// celery.pidbox is fanout and NOT durable: any other flags
+			// close the channel with 406.
+			return ch.ExchangeDeclare(celery.ControlExchange, amqp091.ExchangeFanout, false, false, false, false, nil)
+		})
 	}
-	defer ch.Close()
-	// celery.pidbox is fanout and NOT durable: any other flags close the
-	// channel with 406.
-	if err := ch.ExchangeDeclare(pidbox, amqp091.ExchangeFanout, false, false, false, false, nil); err != nil {
-		return fmt.Errorf("declare %s: %w", pidbox, err)
+	if err == nil {
+		err = r.pub.Publish(ctx, broker.Message{Exchange: celery.ControlExchange, Msg: amqp091.Publishing{
+			ContentType:     "application/json",
+			ContentEncoding: "utf-8",
+			DeliveryMode:    amqp091.Persistent,
+			Headers:         amqp091.Table(celery.ControlHeaders(1, time.Now(), time.Second)),
+			Body:            body,
+		}})
 	}
-	body := []byte(`{"method": "heartbeat", "arguments": {}, "destination": null, "pattern": null, "matcher": null}`)
-	return ch.Publish(pidbox, "", false, false, amqp091.Publishing{
-		ContentType:     "application/json",
-		ContentEncoding: "utf-8",
-		DeliveryMode:    amqp091.Persistent,
-		Headers:         amqp091.Table{"clock": int32(1), "expires": float64(time.Now().Add(time.Second).UnixNano()) / 1e9},
-		Body:            body,
-	})
+	if err != nil && ctx.Err() == nil {
+		r.log.Warn().Err(err).Msg("heartbeat broadcast failed")
+	}
 }

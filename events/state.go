@@ -11,63 +11,30 @@ import (
 	"github.com/stalk-dev/stalk/result"
 )
 
-// TaskState is a task's state as the event stream shows it: one of
-// Celery's built-in states, or a custom one from a "task-xyz" event
-// ("XYZ").
-type TaskState string
-
-// Task states. PENDING is the state of a task seen only through task-sent.
-const (
-	StatePending  TaskState = "PENDING"
-	StateReceived TaskState = "RECEIVED"
-	StateStarted  TaskState = "STARTED"
-	StateSuccess  TaskState = "SUCCESS"
-	StateFailure  TaskState = "FAILURE"
-	StateRetry    TaskState = "RETRY"
-	StateRevoked  TaskState = "REVOKED"
-	StateRejected TaskState = "REJECTED"
-)
-
-// Ready reports whether s is final: SUCCESS, FAILURE or REVOKED.
-func (s TaskState) Ready() bool { return s == StateSuccess || s == StateFailure || s == StateRevoked }
-
-// Precedes reports whether s ranks below t in Celery's precedence
-// (celery.states.PRECEDENCE, the same order result.State uses), i.e. an
-// event for s logically happened before one for t. Custom states rank
-// between FAILURE and REVOKED; an empty state ranks as PENDING.
-func (s TaskState) Precedes(t TaskState) bool { return s.asResult().Precedes(t.asResult()) }
-
-func (s TaskState) asResult() result.State {
-	if s == "" {
-		return result.Pending
-	}
-	return result.State(s)
-}
-
 // StateFor returns the state a task event type moves a task to:
 // task-received → RECEIVED, ..., and "task-xyz" → "XYZ" for other task
 // events. It returns "" for non-task events.
-func StateFor(typ string) TaskState {
+func StateFor(typ string) result.State {
 	switch typ {
 	case TypeTaskSent:
-		return StatePending
+		return result.Pending
 	case TypeTaskReceived:
-		return StateReceived
+		return result.Received
 	case TypeTaskStarted:
-		return StateStarted
+		return result.Started
 	case TypeTaskSucceeded:
-		return StateSuccess
+		return result.Success
 	case TypeTaskFailed:
-		return StateFailure
+		return result.Failure
 	case TypeTaskRetried:
-		return StateRetry
+		return result.Retry
 	case TypeTaskRevoked:
-		return StateRevoked
+		return result.Revoked
 	case TypeTaskRejected:
-		return StateRejected
+		return result.Rejected
 	}
 	if IsTask(typ) {
-		return TaskState(strings.ToUpper(typ[5:]))
+		return result.State(strings.ToUpper(typ[5:]))
 	}
 	return ""
 }
@@ -76,7 +43,7 @@ func StateFor(typ string) TaskState {
 // not carried yet are zero.
 type Task struct {
 	ID        string
-	State     TaskState
+	State     result.State
 	Name      string
 	Args      string // Python repr
 	Kwargs    string // Python repr
@@ -358,7 +325,7 @@ func (s *State) taskEvent(ev TaskEvent, h *Header, local time.Time) (*Task, *Wor
 	id := ev.TaskID()
 	te := s.tasks[id]
 	if te == nil {
-		te = &taskEntry{t: Task{ID: id, State: StatePending}}
+		te = &taskEntry{t: Task{ID: id, State: result.Pending}}
 		s.tasks[id] = te
 		te.elem = s.running.PushBack(te)
 	}
@@ -390,7 +357,7 @@ func (s *State) taskEvent(ev TaskEvent, h *Header, local time.Time) (*Task, *Wor
 	// happened before it: keep the state, merge fields only (for RECEIVED,
 	// only the task's identity fields). RETRY on either side always
 	// overwrites.
-	lower := state != StateRetry && t.State != StateRetry && state.Precedes(t.State)
+	lower := state != result.Retry && t.State != result.Retry && state.Precedes(t.State)
 	if !lower {
 		t.State = state
 		t.Timestamp = at
@@ -495,7 +462,7 @@ func (s *State) linkChild(parent, child string) {
 	}
 	pe := s.tasks[parent]
 	if pe == nil {
-		pe = &taskEntry{t: Task{ID: parent, State: StatePending}}
+		pe = &taskEntry{t: Task{ID: parent, State: result.Pending}}
 		s.tasks[parent] = pe
 		// New placeholders are the least recently updated of all.
 		pe.elem = s.running.PushFront(pe)
@@ -574,7 +541,7 @@ func (s *State) Tasks(keep func(Task) bool) []Task {
 }
 
 // TasksByState returns a filter for Tasks that keeps the given states.
-func TasksByState(states ...TaskState) func(Task) bool {
+func TasksByState(states ...result.State) func(Task) bool {
 	return func(t Task) bool {
 		for _, st := range states {
 			if t.State == st {

@@ -7,6 +7,8 @@ import (
 	"time"
 
 	"github.com/stretchr/testify/require"
+
+	"github.com/stalk-dev/stalk/result"
 )
 
 var t0 = time.Date(2026, 11, 27, 0, 0, 0, 0, time.UTC)
@@ -34,15 +36,15 @@ func retried(id string, sec float64) *TaskRetried {
 
 func TestStateInOrder(t *testing.T) {
 	st := NewState()
-	var seen []TaskState
+	var seen []result.State
 	st.OnTask(func(tk Task) { seen = append(seen, tk.State) })
 	for _, ev := range []Event{sent("a", 0), received("a", 1), started("a", 2), succeeded("a", 3)} {
 		st.Apply(ev)
 	}
-	require.Equal(t, []TaskState{StatePending, StateReceived, StateStarted, StateSuccess}, seen)
+	require.Equal(t, []result.State{result.Pending, result.Received, result.Started, result.Success}, seen)
 	tk, ok := st.Task("a")
 	require.True(t, ok)
-	require.Equal(t, StateSuccess, tk.State)
+	require.Equal(t, result.Success, tk.State)
 	require.Equal(t, "tasks.add", tk.Name)
 	require.Equal(t, "(2, 3)", tk.Args)
 	require.Equal(t, "w@h", tk.Worker)
@@ -63,7 +65,7 @@ func TestStateOutOfOrder(t *testing.T) {
 		st.Apply(ev)
 	}
 	tk, _ := st.Task("a")
-	require.Equal(t, StateSuccess, tk.State)
+	require.Equal(t, result.Success, tk.State)
 	require.Equal(t, t0.Add(3*time.Second), tk.Timestamp, "state timestamp stays the SUCCESS one")
 	require.Equal(t, "tasks.add", tk.Name, "late RECEIVED merges the identity fields")
 	require.Equal(t, "5", tk.Result)
@@ -75,23 +77,23 @@ func TestStateOutOfOrder(t *testing.T) {
 	st.Apply(&TaskFailed{Header: hdr(TypeTaskFailed, "w@h", 5), UUID: "b", Exception: "ValueError('x')", Traceback: "tb"})
 	st.Apply(started("b", 4))
 	tb, _ := st.Task("b")
-	require.Equal(t, StateFailure, tb.State)
+	require.Equal(t, result.Failure, tb.State)
 	require.Equal(t, "ValueError('x')", tb.Exception)
 
 	// A custom state ranks between FAILURE and REVOKED.
 	st.Apply(&Unknown{Header: hdr("task-progress", "w@h", 1), UUID: "c", Fields: map[string]any{"current": 1, "name": "tasks.progress"}})
 	st.Apply(started("c", 0.5))
 	tc, _ := st.Task("c")
-	require.Equal(t, TaskState("PROGRESS"), tc.State)
+	require.Equal(t, result.State("PROGRESS"), tc.State)
 	require.Equal(t, "tasks.progress", tc.Name)
 	require.Equal(t, 1, tc.Extra["current"])
 	st.Apply(&TaskRevoked{Header: hdr(TypeTaskRevoked, "w@h", 2), UUID: "c", Expired: true})
 	tc, _ = st.Task("c")
-	require.Equal(t, TaskState("PROGRESS"), tc.State, "REVOKED ranks below custom states")
+	require.Equal(t, result.State("PROGRESS"), tc.State, "REVOKED ranks below custom states")
 	require.True(t, tc.Expired)
 	st.Apply(succeeded("c", 3))
 	tc, _ = st.Task("c")
-	require.Equal(t, StateSuccess, tc.State)
+	require.Equal(t, result.Success, tc.State)
 }
 
 func TestStateRetryOverwrites(t *testing.T) {
@@ -99,27 +101,27 @@ func TestStateRetryOverwrites(t *testing.T) {
 	st.Apply(started("a", 1))
 	st.Apply(retried("a", 2))
 	tk, _ := st.Task("a")
-	require.Equal(t, StateRetry, tk.State, "RETRY ranks below STARTED but always overwrites")
+	require.Equal(t, result.Retry, tk.State, "RETRY ranks below STARTED but always overwrites")
 	require.Equal(t, "RuntimeError('x')", tk.Exception)
 	// Anything overwrites RETRY, even a lower RECEIVED (the retry's own).
 	r := received("a", 3)
 	r.Retries = 1
 	st.Apply(r)
 	tk, _ = st.Task("a")
-	require.Equal(t, StateReceived, tk.State)
+	require.Equal(t, result.Received, tk.State)
 	require.Equal(t, 1, tk.Retries)
 	require.Equal(t, t0.Add(2*time.Second), tk.Retried)
 }
 
 func TestStatePrecedence(t *testing.T) {
-	order := []TaskState{StatePending, StateRetry, StateRejected, StateReceived, StateStarted, StateRevoked, "PROGRESS", StateFailure, StateSuccess}
+	order := []result.State{result.Pending, result.Retry, result.Rejected, result.Received, result.Started, result.Revoked, "PROGRESS", result.Failure, result.Success}
 	for i := range order {
 		for j := range order {
 			require.Equal(t, i < j, order[i].Precedes(order[j]), "%s < %s", order[i], order[j])
 		}
 	}
-	require.Equal(t, TaskState("CANCELLED"), StateFor("task-cancelled"))
-	require.Equal(t, TaskState(""), StateFor("worker-online"))
+	require.Equal(t, result.State("CANCELLED"), StateFor("task-cancelled"))
+	require.Equal(t, result.State(""), StateFor("worker-online"))
 }
 
 func TestStateEvictsFinishedFirst(t *testing.T) {
@@ -156,12 +158,12 @@ func TestStateChildren(t *testing.T) {
 	st.Apply(c)
 	p, ok := st.Task("parent")
 	require.True(t, ok, "a parent not yet seen gets a placeholder")
-	require.Equal(t, StatePending, p.State)
+	require.Equal(t, result.Pending, p.State)
 	require.Equal(t, []string{"child"}, p.Children)
 	st.Apply(received("parent", 1))
 	p, _ = st.Task("parent")
 	require.Equal(t, []string{"child"}, p.Children)
-	require.Len(t, st.Tasks(TasksByState(StateReceived)), 2)
+	require.Len(t, st.Tasks(TasksByState(result.Received)), 2)
 }
 
 func heartbeat(host string, freq float64) *WorkerHeartbeat {

@@ -59,7 +59,7 @@ func (s State) precedence() int {
 		return 2
 	case Retry:
 		return 1
-	case Pending:
+	case Pending, "":
 		return 0
 	}
 	return 6 // custom states rank between FAILURE and REVOKED, as in Celery

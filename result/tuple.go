@@ -270,6 +270,34 @@ func FromTuple(v any, backend Backend, opts ...Option) (Result, error) {
 	return buildFromTuple(t, backend, opts, 0)
 }
 
+// AsyncFromTuple is FromTuple for a task's tuple: it fails, with an error
+// wrapping ErrMalformed, when v describes a group.
+func AsyncFromTuple(v any, backend Backend, opts ...Option) (*AsyncResult, error) {
+	r, err := FromTuple(v, backend, opts...)
+	if err != nil {
+		return nil, err
+	}
+	ar, ok := r.(*AsyncResult)
+	if !ok {
+		return nil, &TupleError{"the tuple describes a group, not a task"}
+	}
+	return ar, nil
+}
+
+// GroupFromTuple is FromTuple for a group's tuple: it fails, with an error
+// wrapping ErrMalformed, when v describes a task.
+func GroupFromTuple(v any, backend Backend, opts ...Option) (*GroupResult, error) {
+	r, err := FromTuple(v, backend, opts...)
+	if err != nil {
+		return nil, err
+	}
+	g, ok := r.(*GroupResult)
+	if !ok {
+		return nil, &TupleError{"the tuple describes a task, not a group"}
+	}
+	return g, nil
+}
+
 func buildFromTuple(t Tuple, backend Backend, opts []Option, depth int) (Result, error) {
 	if depth > maxTupleDepth {
 		return nil, &TupleError{fmt.Sprintf("nested deeper than %d", maxTupleDepth)}

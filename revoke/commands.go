@@ -221,7 +221,10 @@ func (c *Controller) call(ctx context.Context, method string, args any, o Option
 		expires = o.Timeout
 	}
 	if err := c.publish(ctx, body, expires); err != nil {
-		return nil, fmt.Errorf("stalk: %s: %w", method, err)
+		if o.Reply && errors.Is(err, ErrNoWorker) {
+			return nil, fmt.Errorf("stalk: %s: %w: %w", method, ErrNoReply, trimPrefix(err))
+		}
+		return nil, fmt.Errorf("stalk: %s: %w", method, trimPrefix(err))
 	}
 	c.log.Debug().Str("method", method).Str("ticket", ticket).Strs("destination", o.Destination).Msg("control command sent")
 	if !o.Reply {

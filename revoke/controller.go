@@ -20,9 +20,8 @@ import (
 //
 // Goroutines and ownership: a Controller runs one goroutine, the router.
 // It owns the consumer channel of the Controller's reply queue, reads every
-// reply, and hands it to the command waiting for its ticket. Publishing uses
-// a second channel, in confirm mode, that callers take turns on under a
-// mutex. The reply queue is set up lazily, by the first command that wants
+// reply, and hands it to the command waiting for its ticket. Publishing
+// goes through stalk's one publisher (publisher confirms, mandatory). The reply queue is set up lazily, by the first command that wants
 // replies, and again by a broker hook on every reconnect, before the
 // connection reports Ready; so a command that publishes after a reconnect
 // always has a queue to be answered on.
@@ -47,8 +46,7 @@ type Controller struct {
 
 	setupMu sync.Mutex // serialises reply-queue setup
 
-	pubTurn chan struct{}    // capacity 1: holding its token is the right to use pubCh
-	pubCh   *amqp091.Channel // confirm mode; opened lazily, reopened after a failure
+	pub *broker.Publisher // confirms, mandatory: a broadcast no worker hears is an error
 
 	mu         sync.Mutex
 	clock      int64 // Lamport clock
@@ -119,16 +117,6 @@ const (
 	unclaimedTTL = 5 * time.Minute // as the reply queue's x-message-ttl
 )
 
-// NewController returns a Controller that uses conn, a connection the
-// caller owns and keeps open: Close does not close it. The reply queue is
-// declared on the first command that wants replies; that command also adds
-// a hook to conn which redeclares it on every reconnect (a no-op once the
-// Controller is closed), so make one Controller per connection and keep
-// it. logger may be zerolog.Nop().
-func NewController(conn *broker.Conn, logger zerolog.Logger) *Controller {
-	return newController(conn, false, logger)
-}
-
 func newController(conn *broker.Conn, owned bool, logger zerolog.Logger) *Controller {
 	oid := uuid.NewString()
 	c := &Controller{
@@ -138,7 +126,7 @@ func newController(conn *broker.Conn, owned bool, logger zerolog.Logger) *Contro
 		oid:        oid,
 		queue:      oid + replyQueueTail,
 		attach:     make(chan *consumer),
-		pubTurn:    make(chan struct{}, 1),
+		pub:        broker.NewPublisher(conn, logger),
 		collectors: make(map[string]*collector),
 		unclaimed:  make(map[string]*stash),
 	}
@@ -152,9 +140,10 @@ func newController(conn *broker.Conn, owned bool, logger zerolog.Logger) *Contro
 type DialOption func(*dialConfig)
 
 type dialConfig struct {
-	logger zerolog.Logger
-	name   string
-	tls    *tls.Config
+	logger  zerolog.Logger
+	name    string
+	tls     *tls.Config
+	backoff broker.Backoff
 }
 
 // WithLogger sets the logger. Default: zerolog.Nop().
@@ -168,6 +157,12 @@ func WithConnectionName(name string) DialOption { return func(c *dialConfig) { c
 // system roots.
 func WithTLS(cfg *tls.Config) DialOption { return func(c *dialConfig) { c.tls = cfg } }
 
+// WithBackoff sets the redial delay function. Default: capped exponential
+// backoff with jitter, 100 ms doubling to 5 s.
+func WithBackoff(b func(attempt int) time.Duration) DialOption {
+	return func(c *dialConfig) { c.backoff = b }
+}
+
 // Dial connects to the broker at url and returns a Controller that owns
 // its connection: Close closes it. The connection redials with backoff
 // when it drops. ctx bounds only the first connection.
@@ -178,7 +173,7 @@ func Dial(ctx context.Context, url string, opts ...DialOption) (*Controller, err
 			o(&cfg)
 		}
 	}
-	conn, err := broker.Dial(ctx, broker.Config{URL: url, Name: cfg.name, TLS: cfg.tls, Logger: cfg.logger})
+	conn, err := broker.Dial(ctx, broker.Config{URL: url, Name: cfg.name, TLS: cfg.tls, Logger: cfg.logger, Backoff: cfg.backoff})
 	if err != nil {
 		return nil, fmt.Errorf("stalk: revoke: dial %s: %w", broker.Redact(url), err)
 	}
@@ -194,15 +189,10 @@ func (c *Controller) Close() error {
 		c.wg.Wait()
 		// Publishers hold the turn only briefly: their waits end with
 		// c.life, which is cancelled above.
-		c.pubTurn <- struct{}{}
-		if c.pubCh != nil {
-			_ = c.pubCh.Close()
-			c.pubCh = nil
-		}
-		<-c.pubTurn
 		if c.owned {
 			_ = c.conn.Close()
 		}
+		c.pub.Close()
 	})
 	c.wg.Wait()
 	return nil
@@ -499,94 +489,40 @@ func (c *Controller) unregister(ticket string) {
 // ---- publishing --------------------------------------------------------------
 
 // publish broadcasts body on celery.pidbox and waits for the broker's
-// confirm. A publish that fails because the channel or connection died is
-// tried once more, on a fresh channel: control commands are idempotent.
+// confirm; the publisher sends it again if its channel dies first (control
+// commands are idempotent). It is published mandatory: when no worker's
+// control queue is bound to celery.pidbox, no worker is online to hear it,
+// and the error wraps ErrUnroutable.
 func (c *Controller) publish(ctx context.Context, body []byte, timeout time.Duration) error {
-	var err error
-	for attempt := 0; attempt < 2; attempt++ {
-		if err = c.publishOnce(ctx, body, timeout); err == nil {
-			return nil
-		}
-		if ctx.Err() != nil || c.life.Err() != nil || errors.Is(err, ErrClosed) {
-			break
-		}
-		c.log.Debug().Err(err).Int("attempt", attempt+1).Msg("control publish failed")
-	}
-	return c.closedOr(err)
-}
-
-var errNacked = errors.New("stalk: the broker did not confirm the control message")
-
-func (c *Controller) publishOnce(ctx context.Context, body []byte, timeout time.Duration) error {
-	if err := c.conn.WaitUnblocked(ctx); err != nil {
-		return err
-	}
-	select {
-	case c.pubTurn <- struct{}{}:
-	case <-ctx.Done():
-		return fmt.Errorf("stalk: waiting to publish: %w", ctx.Err())
-	}
 	if c.life.Err() != nil {
-		<-c.pubTurn
 		return ErrClosed
 	}
-	ch, err := c.publishChannel(ctx)
-	if err != nil {
-		<-c.pubTurn
-		return err
-	}
-	msg := amqp091.Publishing{
-		ContentType:     contentType,
-		ContentEncoding: contentEncoding,
-		DeliveryMode:    amqp091.Persistent,
-		Priority:        0,
-		Headers:         requestHeaders(c.tick(), time.Now(), timeout),
-		Body:            body,
-	}
-	dc, err := ch.PublishWithDeferredConfirm(controlExchange, "", false, false, msg)
-	if err != nil {
-		_ = ch.Close()
-		c.pubCh = nil
-		<-c.pubTurn
-		return fmt.Errorf("stalk: publish to %s: %w", controlExchange, err)
-	}
-	<-c.pubTurn
-	select {
-	case <-dc.Done():
-		if !dc.Acked() {
-			return errNacked
+	err := c.pub.Ensure(ctx, "exchange\x00"+controlExchange, func(conn *amqp091.Connection) error {
+		ch, err := conn.Channel()
+		if err != nil {
+			return err
+		}
+		defer ch.Close()
+		// Celery's flags exactly: a different durable flag is a 406.
+		if err := ch.ExchangeDeclare(controlExchange, amqp091.ExchangeFanout, false, false, false, false, nil); err != nil {
+			return fmt.Errorf("declare exchange %s: %w", controlExchange, err)
 		}
 		return nil
-	case <-ctx.Done():
-		return fmt.Errorf("stalk: waiting for the broker to confirm: %w", ctx.Err())
-	case <-c.life.Done():
-		return ErrClosed
+	})
+	if err == nil {
+		err = c.pub.Publish(ctx, broker.Message{Exchange: controlExchange, Mandatory: true, Msg: amqp091.Publishing{
+			ContentType:     contentType,
+			ContentEncoding: contentEncoding,
+			DeliveryMode:    amqp091.Persistent,
+			Priority:        0,
+			Headers:         requestHeaders(c.tick(), time.Now(), timeout),
+			Body:            body,
+		}})
 	}
-}
-
-// publishChannel returns the confirm-mode publishing channel, opening it
-// and declaring celery.pidbox first if needed. Call holding the pubTurn
-// token.
-func (c *Controller) publishChannel(ctx context.Context) (*amqp091.Channel, error) {
-	if c.pubCh != nil && !c.pubCh.IsClosed() {
-		return c.pubCh, nil
+	if errors.Is(err, broker.ErrUnroutable) {
+		return fmt.Errorf("%w: no worker is online to hear it (celery.pidbox routes to no queue): %w", ErrNoWorker, err)
 	}
-	c.pubCh = nil
-	ch, err := c.conn.Channel(ctx)
-	if err != nil {
-		return nil, err
-	}
-	if err := ch.Confirm(false); err != nil {
-		_ = ch.Close()
-		return nil, fmt.Errorf("stalk: confirm mode: %w", err)
-	}
-	// Celery's flags exactly: a different durable flag is a 406.
-	if err := ch.ExchangeDeclare(controlExchange, amqp091.ExchangeFanout, false, false, false, false, nil); err != nil {
-		_ = ch.Close()
-		return nil, fmt.Errorf("stalk: declare exchange %s: %w", controlExchange, err)
-	}
-	c.pubCh = ch
-	return ch, nil
+	return c.closedOr(err)
 }
 
 // closedOr returns ErrClosed once the Controller is closed, else err.

@@ -26,6 +26,14 @@ var (
 	// answer before the idle timeout: once per named Destination that stayed
 	// silent, or once when no worker at all replied to a broadcast.
 	ErrNoReply = errors.New("stalk: no reply from worker")
+
+	// ErrNoWorker is wrapped, together with ErrUnroutable, when a command
+	// reached no worker at all: no worker's control queue is bound to
+	// celery.pidbox. A command that wanted replies also wraps ErrNoReply.
+	ErrNoWorker = errors.New("stalk: no worker is online")
+
+	// ErrUnroutable is the amqp package's ErrUnroutable.
+	ErrUnroutable = broker.ErrUnroutable
 )
 
 // WorkerError is a worker's {"error": "..."} reply to a control command:
@@ -46,3 +54,6 @@ func (e *WorkerError) Error() string {
 func invalid(format string, args ...any) error {
 	return fmt.Errorf("%w: "+format, append([]any{ErrInvalidArgument}, args...)...)
 }
+
+// trimPrefix: see broker.Unprefixed.
+func trimPrefix(err error) error { return broker.Unprefixed(err) }

@@ -6,20 +6,20 @@ import (
 	"errors"
 	"fmt"
 	"math"
-	"sort"
 	"time"
 
 	amqp091 "github.com/rabbitmq/amqp091-go"
+
+	"github.com/stalk-dev/stalk/internal/celery"
 )
 
 // Wire names, from Celery's pidbox (PROTOCOL.md §1 and §7).
 const (
-	controlExchange = "celery.pidbox"       // fanout, durable=false
-	replyExchange   = "reply.celery.pidbox" // direct, durable=false
-	replyQueueTail  = ".reply.celery.pidbox"
-
-	replyQueueExpires = 10000  // x-expires, ms, as Celery
-	replyMessageTTL   = 300000 // x-message-ttl, ms, as Celery
+	controlExchange   = celery.ControlExchange
+	replyExchange     = celery.ReplyExchange
+	replyQueueTail    = celery.ReplyQueueTail
+	replyQueueExpires = celery.ReplyQueueExpires
+	replyMessageTTL   = celery.ReplyMessageTTL
 
 	contentType     = "application/json"
 	contentEncoding = "utf-8"
@@ -29,106 +29,19 @@ const (
 	maxReplyBody = 16 << 20
 )
 
-// request is the body of a control message. Field order is Celery's:
-// method, arguments, destination, pattern, matcher, then ticket and
-// reply_to only when a reply is wanted.
-type request struct {
-	Method      string   `json:"method"`
-	Arguments   any      `json:"arguments"`
-	Destination []string `json:"destination"` // nil encodes as null: every worker
-	Pattern     *string  `json:"pattern"`
-	Matcher     *string  `json:"matcher"`
-	Ticket      string   `json:"ticket,omitempty"`
-	ReplyTo     *replyTo `json:"reply_to,omitempty"`
-}
+// The request side is Celery's protocol, in internal/celery.
+type (
+	revokeArgs    = celery.RevokeArgs
+	stampArgs     = celery.StampArgs
+	orderedStamps = celery.OrderedStamps
+)
 
-type replyTo struct {
-	Exchange   string `json:"exchange"`
-	RoutingKey string `json:"routing_key"`
-}
+var encodeRequest = celery.EncodeControl
 
-// revokeArgs are revoke's arguments, in Celery's order.
-type revokeArgs struct {
-	TaskID    any  `json:"task_id"` // one id as a string, several as a list
-	Terminate bool `json:"terminate"`
-	Signal    any  `json:"signal"` // a name, or a number
-}
-
-// stampArgs are revoke_by_stamped_headers' arguments.
-type stampArgs struct {
-	Headers   orderedStamps `json:"headers"`
-	Terminate bool          `json:"terminate"`
-	Signal    any           `json:"signal"`
-}
-
-// orderedStamps encodes {stamp: value | [values]} with sorted keys; a
-// single value goes out as a string, as Python sends it.
-type orderedStamps map[string][]string
-
-func (s orderedStamps) MarshalJSON() ([]byte, error) {
-	keys := make([]string, 0, len(s))
-	for k := range s {
-		keys = append(keys, k)
-	}
-	sort.Strings(keys)
-	var b bytes.Buffer
-	b.WriteByte('{')
-	for i, k := range keys {
-		if i > 0 {
-			b.WriteByte(',')
-		}
-		kb, err := json.Marshal(k)
-		if err != nil {
-			return nil, err
-		}
-		b.Write(kb)
-		b.WriteByte(':')
-		var vb []byte
-		if vs := s[k]; len(vs) == 1 {
-			vb, err = json.Marshal(vs[0])
-		} else {
-			vb, err = json.Marshal(vs)
-		}
-		if err != nil {
-			return nil, err
-		}
-		b.Write(vb)
-	}
-	b.WriteByte('}')
-	return b.Bytes(), nil
-}
-
-// encodeRequest builds the body of a control message. oid and ticket are
-// empty when no reply is wanted.
-func encodeRequest(method string, args any, destination []string, ticket, oid string) ([]byte, error) {
-	if args == nil {
-		args = struct{}{}
-	}
-	req := request{Method: method, Arguments: args}
-	if len(destination) > 0 {
-		req.Destination = destination
-	}
-	if ticket != "" {
-		req.Ticket = ticket
-		req.ReplyTo = &replyTo{Exchange: replyExchange, RoutingKey: oid}
-	}
-	b, err := json.Marshal(req)
-	if err != nil {
-		return nil, fmt.Errorf("stalk: %s: encode arguments: %w", method, err)
-	}
-	return b, nil
-}
-
-// requestHeaders are a control message's headers: the Lamport clock, and
-// the epoch time after which a reply is useless (0 when no reply is
-// wanted, as Celery sends it). Types are ones py-amqp reads back as int and
-// float.
+// requestHeaders are a control message's headers (celery.ControlHeaders)
+// as an AMQP table.
 func requestHeaders(clock int64, now time.Time, timeout time.Duration) amqp091.Table {
-	var expires any = int64(0)
-	if timeout > 0 {
-		expires = float64(now.Add(timeout).UnixNano()) / 1e9
-	}
-	return amqp091.Table{"clock": clock, "expires": expires}
+	return amqp091.Table(celery.ControlHeaders(clock, now, timeout))
 }
 
 // errBadReply is wrapped by reply decoding errors.

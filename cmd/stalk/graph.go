@@ -66,7 +66,7 @@ func runGraph(ctx context.Context, a *app, args []string) error {
 	}
 	defer c.Close()
 	if !*wait {
-		ok, err := c.Exists(ctx, id)
+		ok, err := c.AsyncResult(id).Exists(ctx)
 		if err != nil {
 			if ctx.Err() != nil {
 				return ctx.Err()

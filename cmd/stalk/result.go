@@ -78,7 +78,7 @@ func runResult(ctx context.Context, a *app, args []string) error {
 
 	// Look before attaching: attaching declares the queue, and a typo
 	// should not leave one behind for a day.
-	ok, err := c.Exists(ctx, id)
+	ok, err := c.AsyncResult(id).Exists(ctx)
 	if err != nil {
 		if ctx.Err() != nil {
 			return ctx.Err()

@@ -29,7 +29,7 @@ func chain3() []amqp.Canvas { return []amqp.Canvas{add(1, 2), add(10), add(100)}
 func TestCanvasChainRunsOnOwnQueue(t *testing.T) {
 	forModes(t, func(t *testing.T, c *amqp.Client) {
 		ctx := harness.Ctx(t, 30*time.Second)
-		last, err := c.Chain(ctx, chain3()...)
+		last, err := c.Chain(ctx, amqp.NewChain(chain3()...))
 		require.NoError(t, err)
 		v, err := last.Get(ctx)
 		require.NoError(t, err)
@@ -86,7 +86,7 @@ func TestCanvasChainMatchesPython(t *testing.T) {
 	require.Len(t, pyList, 3)
 	forModes(t, func(t *testing.T, c *amqp.Client) {
 		ctx := harness.Ctx(t, 30*time.Second)
-		last, err := c.Chain(ctx, chain3()...)
+		last, err := c.Chain(ctx, amqp.NewChain(chain3()...))
 		require.NoError(t, err)
 		goTuple, err := json.Marshal(last.AsTuple())
 		require.NoError(t, err)
@@ -117,7 +117,7 @@ func TestCanvasChainMiddleFails(t *testing.T) {
 	forModes(t, func(t *testing.T, c *amqp.Client) {
 		ctx := harness.Ctx(t, 30*time.Second)
 		// boom receives add's value (3) and raises ValueError(3).
-		last, err := c.Chain(ctx, add(1, 2), amqp.Sig("tasks.boom"), add(100))
+		last, err := c.Chain(ctx, amqp.NewChain(add(1, 2), amqp.Sig("tasks.boom"), add(100)))
 		require.NoError(t, err)
 		middle := last.Parent()
 		_, err = last.Get(ctx) // FollowParents is the default
@@ -151,7 +151,7 @@ func TestCanvasGroupOfFifty(t *testing.T) {
 			members[i] = add(i, i)
 		}
 		members[bad] = amqp.Sig("tasks.boom", amqp.Args("member 17"))
-		g, err := c.Group(ctx, members...)
+		g, err := c.Group(ctx, amqp.NewGroup(members...))
 		require.NoError(t, err)
 		require.Equal(t, 50, g.Len())
 		seen := map[string]bool{}
@@ -194,7 +194,7 @@ func TestCanvasGroupIterCompletionOrder(t *testing.T) {
 	forModes(t, func(t *testing.T, c *amqp.Client) {
 		ctx := harness.Ctx(t, 30*time.Second)
 		slow := func(s float64) amqp.Canvas { return amqp.Sig("tasks.slow", amqp.Args(s)) }
-		g, err := c.Group(ctx, slow(1.2), slow(0.1), slow(0.6))
+		g, err := c.Group(ctx, amqp.NewGroup(slow(1.2), slow(0.1), slow(0.6)))
 		require.NoError(t, err)
 		var order []int
 		ids := g.Results()
@@ -247,29 +247,27 @@ func TestCanvasSpawnChildren(t *testing.T) {
 func TestCanvasFromTuplePython(t *testing.T) {
 	c := dial(t)
 	pyChain, pyList := pythonFrozen(t, "chain(add.s(1, 2), add.s(10), add.s(100))")
-	r, err := result.FromTuple(pyChain, c)
+	ar, err := c.AsyncResultFromTuple(pyChain)
 	require.NoError(t, err)
-	ar, ok := r.(*result.AsyncResult)
-	require.True(t, ok)
 	assert.Equal(t, pyList, ar.AsList())
 	back, err := json.Marshal(ar.AsTuple())
 	require.NoError(t, err)
 	assert.JSONEq(t, string(pyChain), string(back))
 
 	pyGroup, _ := pythonFrozen(t, "group(add.s(1, 1), add.s(2, 2), mul.s(3, 3))")
-	r, err = result.FromTuple([]byte(pyGroup), c)
+	g, err := c.GroupResultFromTuple([]byte(pyGroup))
 	require.NoError(t, err)
-	g, ok := r.(*result.GroupResult)
-	require.True(t, ok)
 	assert.Equal(t, 3, g.Len())
+	_, err = c.AsyncResultFromTuple([]byte(pyGroup))
+	assert.ErrorIs(t, err, result.ErrMalformed, "a group's tuple is not a task's")
 	back, err = json.Marshal(g.AsTuple())
 	require.NoError(t, err)
 	assert.JSONEq(t, string(pyGroup), string(back))
 
 	pyTail, _ := pythonFrozen(t, "chain(add.s(1, 2), group(add.s(10), mul.s(2)))")
-	r, err = result.FromTuple(pyTail, c)
+	r, err := c.FromTuple(pyTail)
 	require.NoError(t, err)
-	g, ok = r.(*result.GroupResult)
+	g, ok := r.(*result.GroupResult)
 	require.True(t, ok, "a chain ending with a group is the group, with the chain as parent")
 	require.NotNil(t, g.Parent())
 	back, err = json.Marshal(g.AsTuple())
@@ -278,9 +276,9 @@ func TestCanvasFromTuplePython(t *testing.T) {
 
 	// Our own tuples read back the same way, and the results are live.
 	ctx := harness.Ctx(t, 30*time.Second)
-	last, err := c.Chain(ctx, chain3()...)
+	last, err := c.Chain(ctx, amqp.NewChain(chain3()...))
 	require.NoError(t, err)
-	again, err := result.FromTuple(last.AsTuple(), c)
+	again, err := c.AsyncResultFromTuple(last.AsTuple())
 	require.NoError(t, err)
 	v, err := again.Get(ctx)
 	require.NoError(t, err)
@@ -291,10 +289,8 @@ func TestCanvasFromTuplePython(t *testing.T) {
 // the group (whose parent is the first step).
 func chainWithGroup(t *testing.T, ctx context.Context, c *amqp.Client) *result.GroupResult {
 	t.Helper()
-	r, err := c.Apply(ctx, amqp.NewChain(add(1, 2), amqp.NewGroup(add(10), amqp.Sig("tasks.mul", amqp.Args(2)))))
+	g, err := c.ChainGroup(ctx, amqp.NewChain(add(1, 2), amqp.NewGroup(add(10), amqp.Sig("tasks.mul", amqp.Args(2)))))
 	require.NoError(t, err)
-	g, ok := r.(*result.GroupResult)
-	require.True(t, ok, "%T", r)
 	require.NotNil(t, g.Parent())
 	return g
 }
@@ -421,7 +417,7 @@ func TestCanvasGroupOfChainsAndRevoke(t *testing.T) {
 			assert.True(t, m.Parent().Successful())
 		}
 
-		slow, err := c.Group(ctx, amqp.Sig("tasks.slow", amqp.Args(30)), amqp.Sig("tasks.slow", amqp.Args(30)))
+		slow, err := c.Group(ctx, amqp.NewGroup(amqp.Sig("tasks.slow", amqp.Args(30)), amqp.Sig("tasks.slow", amqp.Args(30))))
 		require.NoError(t, err)
 		require.Eventually(t, func() bool {
 			for _, m := range slow.Results() {

@@ -17,22 +17,22 @@ import (
 	"github.com/stalk-dev/stalk/result"
 )
 
-// countingBackend is the client, with every call the result set makes to
-// it counted: a join that polled would show up as Exists calls or as more
-// than one Attach per member.
+// countingBackend is the client's backend, with every call the result set
+// makes to it counted: a join that polled would show up as Exists calls or
+// as more than one Attach per member.
 type countingBackend struct {
-	*amqp.Client
+	result.Backend
 	attaches, exists atomic.Int64
 }
 
 func (b *countingBackend) Attach(id string) *result.Entry {
 	b.attaches.Add(1)
-	return b.Client.Attach(id)
+	return b.Backend.Attach(id)
 }
 
 func (b *countingBackend) Exists(ctx context.Context, id string) (bool, error) {
 	b.exists.Add(1)
-	return b.Client.Exists(ctx, id)
+	return b.Backend.Exists(ctx, id)
 }
 
 // Joining 10,000 results (2,000 in per-task mode, where each is its own
@@ -78,7 +78,7 @@ func TestCanvasJoinTenThousand(t *testing.T) {
 			require.NoError(t, err)
 		}
 
-		b := &countingBackend{Client: c}
+		b := &countingBackend{Backend: c.AsyncResult("backend").Backend()}
 		members := make([]*result.AsyncResult, n)
 		for i, id := range ids {
 			members[i] = result.New(id, b)

@@ -3,6 +3,7 @@ package core
 import (
 	"bytes"
 	"encoding/json"
+	"fmt"
 	"os/exec"
 	"sort"
 	"strings"
@@ -27,7 +28,7 @@ type (
 		Type       string          `json:"type"`
 		Durable    bool            `json:"durable"`
 		AutoDelete bool            `json:"auto_delete"`
-		Exclusive  bool            `json:"exclusive"`
+		Exclusive  flexBool        `json:"exclusive"`
 		Arguments  json.RawMessage `json:"arguments"`
 		Messages   int             `json:"messages"`
 	}
@@ -45,6 +46,22 @@ type (
 		RoutingKey  string `json:"routing_key"`
 	}
 )
+
+// flexBool reads a bool that rabbitmqctl 3.10 prints as "" for quorum
+// queues (their exclusive column), as false.
+type flexBool bool
+
+func (b *flexBool) UnmarshalJSON(data []byte) error {
+	switch string(data) {
+	case "true":
+		*b = true
+	case "false", `""`:
+		*b = false
+	default:
+		return fmt.Errorf("not a bool: %s", data)
+	}
+	return nil
+}
 
 // ctlJSON runs `rabbitmqctl -q <cmd> --formatter json <columns…>` and
 // decodes its stdout into out.

@@ -9,8 +9,8 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/stalk-dev/stalk/amqp"
-	"github.com/stalk-dev/stalk/events"
 	"github.com/stalk-dev/stalk/integration/harness"
+	"github.com/stalk-dev/stalk/result"
 )
 
 // A client with WithEvents fills Worker, Retries and DateDone from the
@@ -34,7 +34,7 @@ func TestSendEventsMetadata(t *testing.T) {
 	require.NotNil(t, st)
 	require.Eventually(t, func() bool {
 		tk, ok := st.Task(r.ID())
-		return ok && tk.State == events.TaskState("SUCCESS") && tk.Client != ""
+		return ok && tk.State == result.State("SUCCESS") && tk.Client != ""
 	}, 20*time.Second, 50*time.Millisecond, "task-sent and task-succeeded seen by the watcher")
 	tk, _ := st.Task(r.ID())
 	assert.Equal(t, "tasks.flaky", tk.Name)

@@ -16,7 +16,7 @@ import (
 	"github.com/stalk-dev/stalk/amqp"
 	"github.com/stalk-dev/stalk/events"
 	"github.com/stalk-dev/stalk/integration/harness"
-	"github.com/stalk-dev/stalk/internal/broker"
+	"github.com/stalk-dev/stalk/result"
 )
 
 func TestEventsTaskLifecycle(t *testing.T) {
@@ -63,7 +63,7 @@ func TestEventsTaskLifecycle(t *testing.T) {
 	require.Positive(t, ok.Runtime)
 	require.False(t, ok.Time.Before(started.Time))
 
-	require.Eventually(t, func() bool { tk, _ := st.Task(id); return tk.State == events.StateSuccess }, 10*time.Second, 10*time.Millisecond)
+	require.Eventually(t, func() bool { tk, _ := st.Task(id); return tk.State == result.Success }, 10*time.Second, 10*time.Millisecond)
 	tk, _ := st.Task(id)
 	require.Equal(t, worker.Hostname, tk.Worker)
 	require.Equal(t, sentEv.Hostname, tk.Client)
@@ -112,7 +112,7 @@ func TestEventsTaskRetried(t *testing.T) {
 	retried := rec.find(id, events.TypeTaskRetried).(*events.TaskRetried)
 	require.Equal(t, "RuntimeError('try again')", retried.Exception)
 	require.Contains(t, retried.Traceback, "Retry")
-	require.Eventually(t, func() bool { tk, _ := st.Task(id); return tk.State == events.StateSuccess }, 10*time.Second, 10*time.Millisecond)
+	require.Eventually(t, func() bool { tk, _ := st.Task(id); return tk.State == result.Success }, 10*time.Second, 10*time.Millisecond)
 	tk, _ := st.Task(id)
 	require.Equal(t, 2, tk.Retries, "retries from the last task-received")
 	require.Equal(t, "RuntimeError('try again')", tk.Exception)
@@ -134,7 +134,7 @@ func TestEventsTaskRevokedExpired(t *testing.T) {
 	require.True(t, rev.Expired)
 	require.False(t, rev.Terminated)
 	require.Equal(t, worker.Hostname, rev.Hostname)
-	require.Eventually(t, func() bool { tk, _ := st.Task(id); return tk.State == events.StateRevoked }, 10*time.Second, 10*time.Millisecond)
+	require.Eventually(t, func() bool { tk, _ := st.Task(id); return tk.State == result.Revoked }, 10*time.Second, 10*time.Millisecond)
 	tk, _ := st.Task(id)
 	require.True(t, tk.Expired)
 	require.True(t, tk.Ready())
@@ -301,7 +301,7 @@ func TestEventsOutOfOrderInjected(t *testing.T) {
 	require.Eventually(t, func() bool { return applied.Load() == 6 }, 10*time.Second, 10*time.Millisecond)
 	tk, ok := st.Task(id)
 	require.True(t, ok)
-	require.Equal(t, events.StateSuccess, tk.State, "late lower-ranked events do not move the state back")
+	require.Equal(t, result.Success, tk.State, "late lower-ranked events do not move the state back")
 	require.Equal(t, "tasks.injected", tk.Name, "late task-received still merges its fields")
 	require.Equal(t, "(1,)", tk.Args)
 	require.Equal(t, "'done'", tk.Result)
@@ -315,11 +315,11 @@ func TestEventsOutOfOrderInjected(t *testing.T) {
 	require.EqualValues(t, 13, tk.Clock)
 
 	tk2, _ := st.Task(id2)
-	require.Equal(t, events.StateRetry, tk2.State)
+	require.Equal(t, result.Retry, tk2.State)
 	require.Equal(t, "RuntimeError('x')", tk2.Exception)
 }
 
-// TestEventsTaskSentSeenByPython publishes with events.PublishTaskSent on a
+// TestEventsTaskSentSeenByPython publishes events.TaskSentPublishing on a
 // channel of the caller's own; TestEventsClientSendSeenByPython covers the
 // task-sent events that Client.Send publishes.
 func TestEventsTaskSentSeenByPython(t *testing.T) {
@@ -572,10 +572,8 @@ func TestEventsMalformedSkipped(t *testing.T) {
 
 func TestEventsSurvivesReconnect(t *testing.T) {
 	key := "task.stalk" + harness.RunID + "reconnect"
-	conn, err := broker.Dial(harness.Ctx(t, 20*time.Second), broker.Config{URL: harness.BrokerURL(), Name: harness.Name("events-reconnect")})
-	require.NoError(t, err)
-	defer conn.Close()
-	r, err := events.NewReceiver(harness.Ctx(t, 20*time.Second), conn, events.Bind(key), events.WithoutWake())
+	name := harness.Name("events-reconnect")
+	r, err := events.Dial(harness.Ctx(t, 20*time.Second), harness.BrokerURL(), events.ConnectionName(name), events.Bind(key), events.WithoutWake())
 	require.NoError(t, err)
 	defer r.Close()
 	var n atomic.Int32
@@ -587,13 +585,11 @@ func TestEventsSurvivesReconnect(t *testing.T) {
 	require.Eventually(t, func() bool { return n.Load() == 1 }, 10*time.Second, 10*time.Millisecond)
 	q1 := r.Queue()
 
-	conn.Reset(fmt.Errorf("test: drop the connection"))
+	harness.CloseConnection(t, name)
 	require.Eventually(t, func() bool { return r.Stats().Consumes == 2 }, 20*time.Second, 10*time.Millisecond)
 	require.NotEqual(t, q1, r.Queue(), "an exclusive queue is declared anew")
 	p.publishEvent(t, key, "application/json", body)
 	require.Eventually(t, func() bool { return n.Load() == 2 }, 10*time.Second, 10*time.Millisecond)
 
-	// Close leaves the caller's connection open.
 	require.NoError(t, r.Close())
-	require.Equal(t, broker.Ready, conn.State())
 }

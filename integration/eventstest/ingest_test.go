@@ -12,7 +12,7 @@ import (
 
 	"github.com/stalk-dev/stalk/events"
 	"github.com/stalk-dev/stalk/integration/harness"
-	"github.com/stalk-dev/stalk/internal/broker"
+	"github.com/stalk-dev/stalk/result"
 )
 
 const ingestEvents = 20000
@@ -101,7 +101,7 @@ func TestEventsIngest(t *testing.T) {
 	require.Equal(t, rs.Dropped, ss.Dropped)
 	require.Equal(t, ingestEvents/4, st.Len())
 	tk, _ := st.Task("ingest-7")
-	require.Equal(t, events.StateSuccess, tk.State)
+	require.Equal(t, result.Success, tk.State)
 
 	race := ""
 	if raceEnabled {
@@ -191,13 +191,11 @@ func TestEventsDurableBacklogAcrossReconnect(t *testing.T) {
 	const n = 2000
 	key := "task.stalk" + harness.RunID + "backlog-reconnect"
 	name := harness.Name("events-backlog-reconnect")
+	connName := harness.Name("events", t.Name())
 	opts := []events.Option{events.Bind(key), events.Durable(), events.QueueName(name),
-		events.QueueExpires(2 * time.Minute), events.WithoutWake()}
+		events.QueueExpires(2 * time.Minute), events.WithoutWake(), events.ConnectionName(connName)}
 	ctx := harness.Ctx(t, time.Minute)
-	conn, err := broker.Dial(ctx, broker.Config{URL: harness.BrokerURL(), Name: harness.Name("events", t.Name())})
-	require.NoError(t, err)
-	defer conn.Close()
-	r, err := events.NewReceiver(ctx, conn, opts...)
+	r, err := events.Dial(ctx, harness.BrokerURL(), opts...)
 	require.NoError(t, err)
 	defer r.Close()
 	t.Cleanup(func() { _, _ = harness.Rabbitmqctl("delete_queue", name) })
@@ -207,8 +205,8 @@ func TestEventsDurableBacklogAcrossReconnect(t *testing.T) {
 		p.publishEvent(t, key, "application/json", []byte(fmt.Sprintf(
 			`{"hostname": "backlog@test", "utcoffset": 0, "pid": 1, "clock": %d, "uuid": "br-%d", "timestamp": 1795739176.0, "type": "task-started"}`, i+1, i)))
 	}
-	time.Sleep(300 * time.Millisecond) // the receiver holds its prefetch window, unhandled
-	conn.Reset(fmt.Errorf("test: drop the connection before anyone subscribed"))
+	time.Sleep(300 * time.Millisecond)   // the receiver holds its prefetch window, unhandled
+	harness.CloseConnection(t, connName) // before anyone subscribed
 	require.Eventually(t, func() bool { return r.Stats().Consumes >= 2 }, 20*time.Second, 10*time.Millisecond)
 
 	var got atomic.Int64

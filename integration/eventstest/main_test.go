@@ -103,9 +103,12 @@ func (p *publisher) sendTaskSent(t *testing.T, m taskMsg) events.TaskSent {
 	t.Helper()
 	ev := events.NewTaskSent(events.TaskSent{UUID: m.id, Name: m.name, Args: m.argsrepr, Kwargs: "{}",
 		Queue: worker.Queue, Expires: m.expires})
+	msg, err := events.TaskSentPublishing(ev)
+	require.NoError(t, err)
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	require.NoError(t, events.PublishTaskSent(harness.Ctx(t, 10*time.Second), p.ch, ev))
+	require.NoError(t, events.DeclareExchange(p.ch))
+	require.NoError(t, p.ch.PublishWithContext(harness.Ctx(t, 10*time.Second), events.Exchange, events.RoutingKeyTaskSent, false, false, msg))
 	return ev
 }
 

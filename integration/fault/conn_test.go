@@ -183,7 +183,7 @@ func TestFaultConnectionKill(t *testing.T) {
 					}
 					threshold = settled.Load() + n/(kills+1)
 					kd := kill{at: time.Now(), pending: c.Stats().Pending, sent: sent.Load(), settled: settled.Load()}
-					kd.closed = closeConns(t, name+"-results", name+"-publish")
+					kd.closed = harness.CloseConns(t, name+"-results", name+"-publish")
 					killsDone = append(killsDone, kd)
 				}
 			}()

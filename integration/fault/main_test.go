@@ -8,8 +8,6 @@ package fault
 import (
 	"fmt"
 	"os"
-	"regexp"
-	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -80,54 +78,6 @@ func dialURL(t testing.TB, brokerURL, name string, opts ...amqp.Option) *amqp.Cl
 	t.Helper()
 	base := []amqp.Option{amqp.WithDefaultQueue(transientQ), amqp.WithResultExpires(2 * time.Minute)}
 	return harness.DialURL(t, brokerURL, name, 30*time.Second, append(base, opts...)...)
-}
-
-var pidRE = regexp.MustCompile(`^<[^>]+>`)
-
-// connPids returns the Erlang pids of the broker connections whose
-// connection_name is one of names.
-func connPids(t testing.TB, names ...string) []string {
-	t.Helper()
-	out, err := harness.Rabbitmqctl("list_connections", "-q", "--no-table-headers", "pid", "client_properties")
-	require.NoError(t, err, "list_connections: %s", out)
-	var pids []string
-	for _, line := range strings.Split(out, "\n") {
-		for _, name := range names {
-			if !strings.Contains(line, `"`+name+`"`) {
-				continue
-			}
-			if p := pidRE.FindString(strings.TrimSpace(line)); p != "" {
-				pids = append(pids, p)
-			}
-		}
-	}
-	return pids
-}
-
-// closeConns closes, broker side and at the same time, the connections
-// named names. It returns how many it closed.
-func closeConns(t testing.TB, names ...string) int {
-	t.Helper()
-	pids := connPids(t, names...)
-	var wg sync.WaitGroup
-	var mu sync.Mutex
-	n := 0
-	for _, pid := range pids {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			out, err := harness.Rabbitmqctl("close_connection", pid, "stalk fault test")
-			if err != nil {
-				t.Logf("close_connection %s: %v: %s", pid, err, out)
-				return
-			}
-			mu.Lock()
-			n++
-			mu.Unlock()
-		}()
-	}
-	wg.Wait()
-	return n
 }
 
 // rawConn opens a plain amqp091 connection, for injecting messages and

@@ -120,7 +120,7 @@ func TestFaultCloseNoLeaks(t *testing.T) {
 			require.NoError(t, err)
 			_, err = r.Get(ctx)
 			require.NoError(t, err)
-			require.Equal(t, 2, closeConns(t, name+"-results", name+"-publish"))
+			require.Equal(t, 2, harness.CloseConns(t, name+"-results", name+"-publish"))
 			require.Eventually(t, func() bool { return c.Stats().Reconnects == 1 && c.State() == amqp.Ready }, 20*time.Second, 10*time.Millisecond)
 
 			var pending []*result.AsyncResult

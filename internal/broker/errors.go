@@ -3,6 +3,7 @@ package broker
 import (
 	"errors"
 	"fmt"
+	"strings"
 
 	"github.com/stalk-dev/stalk/result"
 )
@@ -61,3 +62,18 @@ func (e *ExchangeNotFoundError) Error() string {
 
 func (e *ExchangeNotFoundError) Is(target error) bool { return target == ErrExchangeNotFound }
 func (e *ExchangeNotFoundError) Unwrap() error        { return e.Err }
+
+// Unprefixed keeps err for errors.Is and errors.As but drops the "stalk: "
+// its text starts with, so that wrapping it under another "stalk: ..."
+// says it once.
+func Unprefixed(err error) error {
+	if err == nil || !strings.HasPrefix(err.Error(), "stalk: ") {
+		return err
+	}
+	return &unprefixed{err}
+}
+
+type unprefixed struct{ err error }
+
+func (u *unprefixed) Error() string { return strings.TrimPrefix(u.err.Error(), "stalk: ") }
+func (u *unprefixed) Unwrap() error { return u.err }

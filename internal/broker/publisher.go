@@ -108,10 +108,11 @@ func (pc *pubChannel) isDead() bool {
 }
 
 // route is the channel's router goroutine. amqp091-go hands a basic.return
-// to its listener before it reads the basic.ack of the same message, and
-// it blocks on each listener until it is received; one goroutine reading
-// both, in the order they come, therefore always records a return before
-// it sees the confirm of the message that was returned.
+// to its listener before it reads the basic.ack of the same message, so
+// by the time a confirm is received here, every return that came before it
+// on the wire is in the returns channel's buffer: the router drains that
+// buffer before it settles each confirm, and so always records a return
+// before it sees the confirm of the message that was returned.
 func (pc *pubChannel) route(confirms <-chan amqp091.Confirmation, returns <-chan amqp091.Return, closes <-chan *amqp091.Error) {
 	for confirms != nil || returns != nil || closes != nil {
 		select {
@@ -126,6 +127,7 @@ func (pc *pubChannel) route(confirms <-chan amqp091.Confirmation, returns <-chan
 				confirms = nil
 				continue
 			}
+			returns = pc.drainReturns(returns)
 			pc.confirm(c)
 		case e, ok := <-closes:
 			if !ok {
@@ -143,19 +145,7 @@ func (pc *pubChannel) route(confirms <-chan amqp091.Confirmation, returns <-chan
 // drain settles the returns and confirms already buffered, and returns
 // the channels that are still open.
 func (pc *pubChannel) drain(returns <-chan amqp091.Return, confirms <-chan amqp091.Confirmation) (<-chan amqp091.Return, <-chan amqp091.Confirmation) {
-	for returns != nil {
-		select {
-		case r, ok := <-returns:
-			if !ok {
-				returns = nil
-				continue
-			}
-			pc.markReturned(&r)
-			continue
-		default:
-		}
-		break
-	}
+	returns = pc.drainReturns(returns)
 	for confirms != nil {
 		select {
 		case c, ok := <-confirms:
@@ -163,6 +153,8 @@ func (pc *pubChannel) drain(returns <-chan amqp091.Return, confirms <-chan amqp0
 				confirms = nil
 				continue
 			}
+			returns = pc.drainReturns(returns)
+			returns = pc.drainReturns(returns)
 			pc.confirm(c)
 			continue
 		default:
@@ -170,6 +162,24 @@ func (pc *pubChannel) drain(returns <-chan amqp091.Return, confirms <-chan amqp0
 		break
 	}
 	return returns, confirms
+}
+
+// drainReturns records every return already buffered, and returns the
+// channel, or nil once it is closed.
+func (pc *pubChannel) drainReturns(returns <-chan amqp091.Return) <-chan amqp091.Return {
+	for returns != nil {
+		select {
+		case r, ok := <-returns:
+			if !ok {
+				return nil
+			}
+			pc.markReturned(&r)
+			continue
+		default:
+		}
+		break
+	}
+	return returns
 }
 
 func (pc *pubChannel) markReturned(r *amqp091.Return) {

@@ -111,9 +111,10 @@ func revokeAndPing(ctx context.Context, c *amqp.Client, r *result.AsyncResult) e
 	}
 	_, err = r.Get(ctx) // errors.Is(err, result.ErrRevoked)
 
-	pongs, err := c.Control().Ping(ctx)
-	active, err := c.Control().Active(ctx)      // worker -> running tasks
-	revoked, err := c.Control().RevokedIDs(ctx) // worker -> revoked ids
+	ctrl, err := c.Control(ctx) // connects on first use
+	pongs, err := ctrl.Ping(ctx)
+	active, err := ctrl.Active(ctx)      // worker -> running tasks
+	revoked, err := ctrl.RevokedIDs(ctx) // worker -> revoked ids
 	_, _, _ = pongs, active, revoked
 	return err
 }
@@ -138,18 +139,18 @@ func follow(ctx context.Context) error {
 
 func canvas(ctx context.Context, c *amqp.Client) error {
 	// chain(add.s(1, 2), add.s(10), add.s(100)), every step routed to "math"
-	last, err := c.Apply(ctx, amqp.NewChain(
+	last, err := c.Chain(ctx, amqp.NewChain(
 		amqp.Sig("tasks.add", amqp.Args(1, 2)),
 		amqp.Sig("tasks.add", amqp.Args(10)),
 		amqp.Sig("tasks.add", amqp.Args(100)),
 	), amqp.Queue("math"))
-	v, err := last.(*result.AsyncResult).Get(ctx) // 113; a failed step's error comes first
+	v, err := last.Get(ctx) // 113; a failed step's error comes first
 
 	members := make([]amqp.Canvas, 50)
 	for i := range members {
 		members[i] = amqp.Sig("tasks.add", amqp.Args(i, i))
 	}
-	g, err := c.Group(ctx, members...)
+	g, err := c.Group(ctx, amqp.NewGroup(members...))
 	for r, err := range g.Iter(ctx) { // in completion order
 		fmt.Println(r.ID(), err)
 	}

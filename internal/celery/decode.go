@@ -1,10 +1,9 @@
-package amqp
+package celery
 
 import (
 	"encoding/json"
 	"fmt"
 
-	amqp091 "github.com/rabbitmq/amqp091-go"
 	"github.com/stalk-dev/stalk/result"
 )
 
@@ -18,12 +17,13 @@ type TaskMessage struct {
 	Kwargs    map[string]any
 	Embed     map[string]any
 	Retries   int
+	Stamps    map[string]any // the stamps header, by stamped header name
 	ETA       string
 	Expires   string
 	RootID    string
 	ParentID  string
 	GroupID   string
-	Headers   amqp091.Table
+	Headers   map[string]any
 	RawArgs   json.RawMessage
 	RawKwargs json.RawMessage
 }
@@ -32,7 +32,7 @@ type TaskMessage struct {
 // accepted; the headers must carry "task" and "id", and the body must be
 // the 3-element array [args, kwargs, embed]. Errors wrap
 // result.ErrMalformed.
-func DecodeTask(headers amqp091.Table, contentType, contentEncoding string, body []byte) (*TaskMessage, error) {
+func DecodeTask(headers map[string]any, contentType, contentEncoding string, body []byte) (*TaskMessage, error) {
 	bad := func(format string, a ...any) error {
 		return &result.DecodeError{Reason: fmt.Sprintf(format, a...)}
 	}
@@ -97,5 +97,8 @@ func DecodeTask(headers amqp091.Table, contentType, contentEncoding string, body
 	tm.RootID, _ = headers["root_id"].(string)
 	tm.ParentID, _ = headers["parent_id"].(string)
 	tm.GroupID, _ = headers["group"].(string)
+	if st, ok := headers["stamps"].(map[string]any); ok && len(st) > 0 {
+		tm.Stamps = st
+	}
 	return tm, nil
 }
