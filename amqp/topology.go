@@ -32,7 +32,13 @@ func (c *Client) route(ctx context.Context, call *celery.Call, m *celery.Message
 	if m.ETA.IsZero() || c.cfg.delayed == DelayedOff {
 		return r, nil
 	}
+	// A countdown is the delay, as Celery takes it; an ETA is counted from
+	// now. Either way the eta header keeps the exact time, and the worker
+	// holds what the whole seconds leave.
 	delay := m.ETA.Sub(time.Now()).Seconds()
+	if call.Countdown != nil {
+		delay = call.Countdown.Seconds()
+	}
 	dr, _, ok := celery.DelayedRoute(q, delay)
 	if !ok {
 		if c.cfg.delayed == DelayedRequired && delay >= 1 {

@@ -115,10 +115,18 @@ def touch(path, text):
 
 
 @app.task(bind=True)
-def request_info(self, *names):
+def request_info(self, *names, **_ignored):
     """Returns what the worker made of the message: the named request
-    attributes (custom headers become attributes) and the delivery info."""
+    attributes (custom headers become attributes) and the delivery info.
+    Keyword arguments are accepted and ignored (they show in kwargsrepr)."""
     info = {n: getattr(self.request, n, None) for n in names}
     info["delivery_info"] = {k: self.request.delivery_info.get(k)
                              for k in ("exchange", "routing_key")}
     return info
+
+
+@app.task
+def types(*args, **kwargs):
+    """The Python type of every argument, as the worker decoded the body."""
+    return {"args": [type(a).__name__ for a in args],
+            "kwargs": {k: type(v).__name__ for k, v in kwargs.items()}}
