@@ -48,15 +48,16 @@ type Entry struct {
 	id string
 	p  *promise.Promise[*Meta]
 
-	mu       sync.Mutex
-	latest   *Meta
-	history  []*Meta
-	subs     map[*Subscription]struct{}
-	retries  int
-	worker   string
-	dateDone time.Time
-	info     SendInfo
-	hasInfo  bool
+	mu        sync.Mutex
+	latest    *Meta
+	history   []*Meta
+	subs      map[*Subscription]struct{}
+	retries   int // the highest retry count a message or an event stated
+	retryMsgs int // RETRY messages seen
+	worker    string
+	dateDone  time.Time
+	info      SendInfo
+	hasInfo   bool
 	// disrupted is set when the connection was lost while the task was
 	// pending, so a transient result may have been lost.
 	disrupted bool
@@ -114,7 +115,7 @@ func (e *Entry) DeliverWith(m *Meta, beforeSettle func()) Outcome {
 	}
 	e.history = append(e.history, m)
 	if m.Status == Retry {
-		e.retries++
+		e.retryMsgs++
 	}
 	if m.Retries != nil && *m.Retries > e.retries {
 		e.retries = *m.Retries
@@ -221,11 +222,14 @@ func (e *Entry) Worker() string {
 }
 
 // Retries returns how many times the task has been retried, as far as
-// this process has seen.
+// this process has seen: the highest count a message or an event stated,
+// or the number of RETRY messages, whichever is higher. (The two are kept
+// apart: an event saying "retries 1" may arrive before the first RETRY
+// message, and adding them up would count that retry twice.)
 func (e *Entry) Retries() int {
 	e.mu.Lock()
 	defer e.mu.Unlock()
-	return e.retries
+	return max(e.retries, e.retryMsgs)
 }
 
 // DateDone returns when the task became ready: the message's date_done

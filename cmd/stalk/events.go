@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/stalk-dev/stalk/events"
+	"github.com/stalk-dev/stalk/result"
 )
 
 var eventsSpec = cmdSpec{
@@ -233,6 +234,23 @@ func newJSONTask(t events.Task) jsonTask {
 		Result: t.Result, Exception: t.Exception, Runtime: t.Runtime.Seconds(), Updated: t.Updated}
 }
 
+// taskInfo is what the table shows for a task: its result once it
+// succeeded (an exception it was retried for earlier stays in the state,
+// but is no longer news), its exception while it is retried or after it
+// failed or was revoked, and otherwise whichever the stream carried.
+func taskInfo(t events.Task) string {
+	switch t.State {
+	case result.Success:
+		return t.Result
+	case result.Failure, result.Retry, result.Revoked:
+		return t.Exception
+	}
+	if t.Exception != "" {
+		return t.Exception
+	}
+	return t.Result
+}
+
 // maxTableRows bounds the refreshing table to what fits a screen.
 const maxTableRows = 40
 
@@ -256,10 +274,7 @@ func drawTaskTable(w io.Writer, ts []events.Task, now time.Time, clear bool) {
 		if t.Runtime > 0 {
 			runtime = fmtDuration(t.Runtime)
 		}
-		info := t.Result
-		if t.Exception != "" {
-			info = t.Exception
-		}
+		info := taskInfo(t)
 		name, worker := t.Name, t.Worker
 		if name == "" {
 			name = "?"

@@ -12,7 +12,9 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/stalk-dev/stalk/amqp"
 	"github.com/stalk-dev/stalk/integration/harness"
+	"github.com/stalk-dev/stalk/result"
 	"github.com/stalk-dev/stalk/revoke"
 )
 
@@ -226,10 +228,42 @@ func TestRevokeInspectActive(t *testing.T) {
 	assert.Positive(t, *found.WorkerPID)
 }
 
-// Celery 5.2.6 predates revoke_by_stamped_headers. Asked for a reply, each
-// worker answers with an error naming the unknown command; that comes back
-// as a *WorkerError per worker, not a hang.
+// revoke_by_stamped_headers revokes stalk-sent tasks by their stamps on
+// Celery 5.3+ workers (amqp.Stamp sends stamps as 5.3+ stamping does).
+func TestRevokeByStampedHeaders(t *testing.T) {
+	if !harness.CeleryAtLeast(5, 3) {
+		t.Skipf("Celery %s predates revoke_by_stamped_headers: TestRevokeByStampedHeadersOldWorker covers it", harness.CeleryVersion())
+	}
+	a, b := workers(t)
+	c := controller(t)
+	ctx := harness.Ctx(t, 30*time.Second)
+	batch := "b-" + harness.RunID
+	replies, err := c.RevokeByStampedHeaders(ctx, map[string][]string{"stalk_batch": {batch}},
+		revoke.Destination(a.Hostname, b.Hostname), revoke.Wait(2*time.Second))
+	require.NoError(t, err)
+	require.Len(t, replies, 2)
+	for _, r := range replies {
+		assert.Contains(t, r.OK, batch, "%s", r.Value)
+	}
+	cl := client(t)
+	stamped, err := cl.Send(ctx, "tasks.add", amqp.Args(1, 2), amqp.Queue(taskQueue), amqp.Stamp("stalk_batch", batch))
+	require.NoError(t, err)
+	other, err := cl.Send(ctx, "tasks.add", amqp.Args(1, 2), amqp.Queue(taskQueue), amqp.Stamp("stalk_batch", "another"))
+	require.NoError(t, err)
+	_, err = stamped.Get(ctx)
+	assert.ErrorIs(t, err, result.ErrRevoked, "the stamped task is revoked")
+	v, err := other.Get(ctx)
+	require.NoError(t, err)
+	assert.Equal(t, int64(3), v)
+}
+
+// Celery before 5.3 has no revoke_by_stamped_headers. Asked for a reply,
+// each worker answers with an error naming the unknown command; that comes
+// back as a *WorkerError per worker, not a hang.
 func TestRevokeByStampedHeadersOldWorker(t *testing.T) {
+	if harness.CeleryAtLeast(5, 3) {
+		t.Skipf("Celery %s has revoke_by_stamped_headers: TestRevokeByStampedHeaders covers it", harness.CeleryVersion())
+	}
 	a, b := workers(t)
 	c := controller(t)
 	ctx := harness.Ctx(t, 20*time.Second)
@@ -239,7 +273,7 @@ func TestRevokeByStampedHeadersOldWorker(t *testing.T) {
 		revoke.Destination(a.Hostname, b.Hostname), revoke.Wait(2*time.Second))
 	took := time.Since(start)
 	require.Error(t, err)
-	t.Logf("revoke_by_stamped_headers on 5.2.6 (%s): %v", took, err)
+	t.Logf("revoke_by_stamped_headers on Celery %s (%s): %v", harness.CeleryVersion(), took, err)
 	require.Len(t, replies, 2)
 	for _, r := range replies {
 		t.Logf("reply %s: %s", r.Worker, r.Value)
