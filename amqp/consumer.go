@@ -174,13 +174,14 @@ func (c *consumer) handle(m inbound) {
 	c.stats.received.Add(1)
 	meta, err := result.DecodeMessage(d.ContentType, d.ContentEncoding, d.Body, result.DecodeOptions{MaxBodySize: c.cfg.maxBody})
 	if err != nil {
-		c.stats.malformed.Add(1)
 		id := d.CorrelationId
 		var de *result.DecodeError
 		if errors.As(err, &de) && de.TaskID != "" {
 			id = de.TaskID
 		}
+		// Logged, then counted: a count that is seen has been logged.
 		c.log.Warn().Err(err).Str("task_id", id).Str("queue", d.RoutingKey).Int("bytes", len(d.Body)).Msg("dropping malformed result message")
+		c.stats.malformed.Add(1)
 		c.mode.done(m, nil)
 		return
 	}
@@ -189,17 +190,17 @@ func (c *consumer) handle(m inbound) {
 	e, known, ev := c.reg.route(meta.TaskID)
 	c.noteEvicted(ev)
 	if !known {
-		c.stats.orphans.Add(1)
 		c.log.Debug().Str("task_id", meta.TaskID).Str("status", string(meta.Status)).Msg("result for a task nobody is waiting on; kept in the cache")
+		c.stats.orphans.Add(1)
 	}
 	switch e.DeliverWith(meta, func() { c.noteEvicted(c.reg.settled(meta.TaskID, e, meta)) }) {
 	case result.Settled:
 	case result.Duplicate:
-		c.stats.duplicates.Add(1)
 		c.log.Debug().Str("task_id", meta.TaskID).Str("status", string(meta.Status)).Msg("duplicate final state ignored")
+		c.stats.duplicates.Add(1)
 	case result.Stale:
-		c.stats.stale.Add(1)
 		c.log.Debug().Str("task_id", meta.TaskID).Str("status", string(meta.Status)).Msg("late state after the final one ignored")
+		c.stats.stale.Add(1)
 	}
 	c.mode.done(m, meta)
 }

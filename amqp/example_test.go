@@ -6,6 +6,8 @@ import (
 	"fmt"
 	"time"
 
+	amqp091 "github.com/rabbitmq/amqp091-go"
+
 	"github.com/stalk-dev/stalk/amqp"
 	"github.com/stalk-dev/stalk/result"
 	"github.com/stalk-dev/stalk/revoke"
@@ -41,7 +43,8 @@ func Example() {
 	}
 }
 
-// Follow a task's progress: every state arrives through OnMessage, in order.
+// Follow a task's progress: every state arrives through OnMessage, in order,
+// and a custom state's meta decodes into a type of your own.
 func ExampleClient_Send_progress() {
 	ctx := context.Background()
 	c, err := amqp.Dial(ctx, "amqp://guest:guest@localhost:5672/")
@@ -53,9 +56,15 @@ func ExampleClient_Send_progress() {
 	if err != nil {
 		return
 	}
+	type progress struct {
+		Current int `json:"current"`
+		Total   int `json:"total"`
+	}
 	_, _ = r.Get(ctx, result.OnMessage(func(m result.Meta) {
 		if m.Status == "PROGRESS" {
-			fmt.Println(m.Result)
+			if p, err := result.ResultAs[progress](&m); err == nil {
+				fmt.Printf("%d/%d\n", p.Current, p.Total)
+			}
 		}
 	}))
 }
@@ -94,4 +103,57 @@ func ExampleClient_AsyncResult_revoke() {
 	for _, rep := range replies {
 		fmt.Println(rep.Worker, rep.OK, rep.Err())
 	}
+}
+
+// A fleet of Celery 5.5+ workers on quorum queues: tell the client the
+// queues as the workers declare them (Celery's task_queues), and it routes
+// and declares as they do. Countdowns to a quorum queue on a topic exchange
+// go through native delayed delivery.
+func ExampleWithTaskQueues() {
+	ctx := context.Background()
+	c, err := amqp.Dial(ctx, "amqp://guest:guest@localhost:5672/",
+		amqp.WithTaskQueues(amqp.TaskQueue{
+			Name: "reports", Exchange: "reports", ExchangeType: amqp.TopicExchange,
+			RoutingKey: "reports.render", Type: amqp.Quorum,
+		}),
+		amqp.WithDefaultQueueType(amqp.Quorum), // task_default_queue_type = "quorum"
+		amqp.WithReplyMode(amqp.Shared),
+	)
+	if err != nil {
+		return
+	}
+	defer c.Close()
+	_, _ = c.Send(ctx, "reports.render", amqp.Queue("reports"), amqp.Countdown(10*time.Second))
+}
+
+// Options are checked before anything connects: bad or conflicting ones
+// fail Dial with ErrInvalidOption.
+func ExampleDial_invalidOptions() {
+	_, err := amqp.Dial(context.Background(), "amqp://guest:guest@localhost:5672/",
+		amqp.WithReplyMode(amqp.PerTask), amqp.WithReplyQueue("orders-api-1"))
+	fmt.Println(errors.Is(err, amqp.ErrInvalidOption))
+	fmt.Println(err)
+
+	_, err = amqp.Dial(context.Background(), "amqp://guest:guest@localhost:5672/",
+		amqp.WithTaskQueues(amqp.TaskQueue{Name: "jobs", Type: amqp.Quorum, Arguments: map[string]any{"x-max-priority": 10}}))
+	fmt.Println(err)
+	// Output:
+	// true
+	// stalk: invalid options: WithReplyQueue("orders-api-1") names a shared reply queue, but WithReplyMode(per-task) was given
+	// stalk: invalid options: queue "jobs": quorum queues do not take x-max-priority
+}
+
+// DecodeTask reads a task message as a worker does: here one built by
+// hand, as a Python client would publish it.
+func ExampleDecodeTask() {
+	headers := amqp091.Table{"task": "tasks.add", "id": "82df4be8-f1d9-4d41-8a4a-46a5c50adf8f", "retries": int32(0)}
+	body := []byte(`[[2, 3], {}, {"callbacks": null, "errbacks": null, "chain": null, "chord": null}]`)
+	tm, err := amqp.DecodeTask(headers, "application/json", "utf-8", body)
+	if err != nil {
+		fmt.Println(err)
+		return
+	}
+	fmt.Println(tm.Task, tm.Args, tm.Kwargs)
+	// Output:
+	// tasks.add [2 3] map[]
 }

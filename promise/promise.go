@@ -110,15 +110,15 @@ func (p *Promise[T]) Settled() bool {
 	}
 }
 
-// Peek returns the outcome without blocking. ok is false while the promise
-// is pending, and v and err are then zero.
-func (p *Promise[T]) Peek() (v T, err error, ok bool) {
+// Peek returns the outcome without blocking. settled is false while the
+// promise is pending, and v and err are then zero.
+func (p *Promise[T]) Peek() (v T, settled bool, err error) {
 	select {
 	case <-p.done:
-		return p.val, p.err, true
+		return p.val, true, p.err
 	default:
 		var zero T
-		return zero, nil, false
+		return zero, false, nil
 	}
 }
 

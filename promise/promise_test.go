@@ -34,7 +34,7 @@ func TestSettlesExactlyOnce(t *testing.T) {
 	wg.Wait()
 	assert.EqualValues(t, 1, wins.Load())
 	assert.True(t, p.Settled())
-	v1, e1, ok := p.Peek()
+	v1, ok, e1 := p.Peek()
 	require.True(t, ok)
 	v2, e2 := p.Wait(context.Background())
 	assert.Equal(t, v1, v2)
@@ -44,7 +44,7 @@ func TestSettlesExactlyOnce(t *testing.T) {
 
 func TestPeekPending(t *testing.T) {
 	p := New[string]()
-	v, err, ok := p.Peek()
+	v, ok, err := p.Peek()
 	assert.False(t, ok)
 	assert.Empty(t, v)
 	assert.NoError(t, err)

@@ -445,7 +445,7 @@ func (r *AsyncResult) wait(ctx context.Context, opts []GetOption) (*Meta, getCon
 		select {
 		case <-done:
 			deliver()
-			m, err, _ := e.Promise().Peek()
+			m, _, err := e.Promise().Peek()
 			if perr := r.failedAncestor(ctx, cfg, m, err); perr != nil {
 				return nil, cfg, perr
 			}
@@ -458,7 +458,7 @@ func (r *AsyncResult) wait(ctx context.Context, opts []GetOption) (*Meta, getCon
 			cfg.onInterval()
 		case <-ctx.Done():
 			// A result that settled at the same moment wins.
-			if m, err, ok := e.Promise().Peek(); ok {
+			if m, ok, err := e.Promise().Peek(); ok {
 				deliver()
 				return m, cfg, err
 			}

@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"math"
 	"os"
 	"testing"
@@ -186,4 +187,34 @@ func hasNonFinite(v any) bool {
 		return hasNonFinite(t.Value)
 	}
 	return false
+}
+
+// FuzzDecodeMetaScan checks the fast path against encoding/json's: for any
+// body, DecodeMeta decodes the same Meta, or fails the same way, with the
+// scanner as without it.
+func FuzzDecodeMetaScan(f *testing.F) {
+	for _, b := range [][]byte{benchSuccess, benchStarted, benchFailure,
+		[]byte(`{"task_id": "a", "status": "SUCCESS", "result": -12, "children": [], "TASK_ID": "b"}`),
+		[]byte(`{"task_id": "a\u00e9", "status": "PROGRESS", "result": {"current": 1.5}, "traceback": null}`),
+		[]byte(`{"task_id": "x", "status": "SUCCESS", "result": NaN}`),
+		[]byte(`{"task_id": "x", "status": "SUCCESS", "result": "\xff"}`),
+		[]byte(` {"status": "SUCCESS" , "task_id":"x","result":123456789012345678901234}`),
+	} {
+		f.Add(b)
+	}
+	f.Fuzz(func(t *testing.T, body []byte) {
+		fast, ferr := DecodeMeta(body)
+		useScan = false
+		slow, serr := DecodeMeta(body)
+		useScan = true
+		if (ferr == nil) != (serr == nil) {
+			t.Fatalf("fast err %v, slow err %v", ferr, serr)
+		}
+		if ferr != nil {
+			return
+		}
+		if a, b := fmt.Sprintf("%#v", fast), fmt.Sprintf("%#v", slow); a != b {
+			t.Fatalf("fast and slow differ:\n%s\n%s", a, b)
+		}
+	})
 }

@@ -62,6 +62,20 @@ func (m *Meta) Err() *TaskError {
 	return te
 }
 
+// DecodeResult decodes the state's payload into dst with encoding/json:
+// the return value after SUCCESS, the meta of a custom state sent with
+// update_state (a PROGRESS's {"current": 3, "total": 10} into a struct),
+// the exception dict of an exception state. kombu envelopes are turned
+// into their Go forms first.
+func (m *Meta) DecodeResult(dst any) error { return decodeInto(m, dst) }
+
+// ResultAs decodes m's payload as a T (see Meta.DecodeResult).
+func ResultAs[T any](m *Meta) (T, error) {
+	var v T
+	err := m.DecodeResult(&v)
+	return v, err
+}
+
 // Worker hostname from a STARTED message's result ({"pid", "hostname"}).
 func (m *Meta) startedHostname() string {
 	if m.Status != Started {
@@ -149,10 +163,12 @@ func DecodeMeta(body []byte) (*Meta, error) {
 		return nil, &DecodeError{Reason: "body looks compressed (gzip/zlib); compressed bodies are not accepted"}
 	}
 	var w wireMeta
-	if err := json.Unmarshal(body, &w); err != nil {
-		fixed, ok := replaceNonFinite(body)
-		if !ok || json.Unmarshal(fixed, &w) != nil {
-			return nil, &DecodeError{Reason: "body is not a JSON object", Err: err}
+	if !scanMeta(body, &w) {
+		if err := json.Unmarshal(body, &w); err != nil {
+			fixed, ok := replaceNonFinite(body)
+			if !ok || json.Unmarshal(fixed, &w) != nil {
+				return nil, &DecodeError{Reason: "body is not a JSON object", Err: err}
+			}
 		}
 	}
 	m := &Meta{}
@@ -161,15 +177,18 @@ func DecodeMeta(body []byte) (*Meta, error) {
 		return nil, &DecodeError{Reason: "task_id is missing or not a string"}
 	}
 	m.TaskID = id
-	status, ok := optString(w.Status)
-	if !ok || !validWireState(State(status)) {
+	status, ok := wireState(w.Status)
+	if !ok || !validWireState(status) {
 		return nil, &DecodeError{TaskID: id, Reason: fmt.Sprintf("unknown status %s", quoteRaw(w.Status))}
 	}
-	m.Status = State(status)
+	m.Status = status
 	if len(w.Result) > 0 {
-		v, err := DecodeJSON(w.Result)
-		if err != nil {
-			return nil, &DecodeError{TaskID: id, Reason: "result is not valid JSON", Err: err}
+		v, ok := quickJSON(w.Result)
+		if !ok {
+			var err error
+			if v, err = DecodeJSON(w.Result); err != nil {
+				return nil, &DecodeError{TaskID: id, Reason: "result is not valid JSON", Err: err}
+			}
 		}
 		m.Result = v
 		m.RawResult = append(json.RawMessage(nil), w.Result...)
@@ -181,7 +200,9 @@ func DecodeMeta(body []byte) (*Meta, error) {
 	} else {
 		return nil, &DecodeError{TaskID: id, Reason: "traceback is not a string or null"}
 	}
-	if len(w.Children) > 0 && string(w.Children) != "null" {
+	if string(w.Children) == "[]" {
+		m.Children = emptyList
+	} else if len(w.Children) > 0 && string(w.Children) != "null" {
 		v, err := DecodeJSON(w.Children)
 		if err != nil {
 			return nil, &DecodeError{TaskID: id, Reason: "children is not valid JSON", Err: err}
@@ -227,6 +248,9 @@ func DecodeMeta(body []byte) (*Meta, error) {
 func optString(raw json.RawMessage) (string, bool) {
 	if len(raw) == 0 || string(raw) == "null" {
 		return "", true
+	}
+	if s, ok := plainString(raw); ok {
+		return s, true
 	}
 	var s string
 	if err := json.Unmarshal(raw, &s); err != nil {

@@ -209,7 +209,7 @@ func outcome(r *AsyncResult) (any, *TaskError, error) {
 	if r.ignored {
 		return nil, nil, nil
 	}
-	m, err, _ := r.Entry().Promise().Peek()
+	m, _, err := r.Entry().Promise().Peek()
 	if err != nil {
 		return nil, nil, err
 	}

@@ -27,21 +27,40 @@ import (
 // ctx bounds the publish and the collection. It does not undo a revoke
 // the broker has confirmed: workers that received it act on it.
 func (c *Controller) Revoke(ctx context.Context, ids []string, opts ...Option) ([]Reply, error) {
+	args, o, err := revokeCommand(ids, opts)
+	if err != nil {
+		return nil, err
+	}
+	return c.call(ctx, "revoke", args, o)
+}
+
+// RevokeMessage returns the body of the broadcast Revoke publishes for ids
+// and opts, as Celery's pidbox reads it, without the reply ticket that
+// Wait adds. It checks its input as Revoke does.
+func RevokeMessage(ids []string, opts ...Option) ([]byte, error) {
+	args, o, err := revokeCommand(ids, opts)
+	if err != nil {
+		return nil, err
+	}
+	return encodeRequest("revoke", args, o.Destination, "", "")
+}
+
+func revokeCommand(ids []string, opts []Option) (revokeArgs, Options, error) {
 	o, err := resolve(kindRevoke, opts)
 	if err != nil {
-		return nil, fmt.Errorf("stalk: revoke: %w", err)
+		return revokeArgs{}, o, fmt.Errorf("stalk: revoke: %w", err)
 	}
 	if len(ids) == 0 {
-		return nil, fmt.Errorf("stalk: revoke: %w", invalid("no task ids"))
+		return revokeArgs{}, o, fmt.Errorf("stalk: revoke: %w", invalid("no task ids"))
 	}
 	for _, id := range ids {
 		if id == "" {
-			return nil, fmt.Errorf("stalk: revoke: %w", invalid("empty task id"))
+			return revokeArgs{}, o, fmt.Errorf("stalk: revoke: %w", invalid("empty task id"))
 		}
 	}
 	sig, err := normalizeSignal(o.Signal)
 	if err != nil {
-		return nil, fmt.Errorf("stalk: revoke: %w", err)
+		return revokeArgs{}, o, fmt.Errorf("stalk: revoke: %w", err)
 	}
 	args := revokeArgs{Terminate: o.Terminate, Signal: sig}
 	if len(ids) == 1 {
@@ -49,7 +68,7 @@ func (c *Controller) Revoke(ctx context.Context, ids []string, opts ...Option) (
 	} else {
 		args.TaskID = append([]string(nil), ids...)
 	}
-	return c.call(ctx, "revoke", args, o)
+	return args, o, nil
 }
 
 // RevokeByStampedHeaders asks the workers to revoke every task stamped

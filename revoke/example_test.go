@@ -60,3 +60,17 @@ func ExampleController_Revoke_badInput() {
 	// true
 	// true
 }
+
+// The broadcast a revoke publishes on celery.pidbox, as a Celery worker
+// reads it.
+func ExampleRevokeMessage() {
+	body, err := revoke.RevokeMessage([]string{"d9078da5-9915-40a0-bfa1-392c7bde42ed"},
+		revoke.Terminate(), revoke.Signal("KILL"), revoke.Destination("celery@web-1"))
+	if err != nil {
+		fmt.Println(err)
+		return
+	}
+	fmt.Println(string(body))
+	// Output:
+	// {"method":"revoke","arguments":{"task_id":"d9078da5-9915-40a0-bfa1-392c7bde42ed","terminate":true,"signal":"SIGKILL"},"destination":["celery@web-1"],"pattern":null,"matcher":null}
+}

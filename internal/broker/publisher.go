@@ -80,9 +80,13 @@ type pubChannel struct {
 	ch   *amqp091.Channel
 	conn *amqp091.Connection
 
+	// pubMu makes "take the next delivery tag, register a waiter for it,
+	// publish" one step, so that a return or a confirm always finds its
+	// waiter (amqp091-go serialises publishes on a channel anyway).
+	pubMu sync.Mutex
+
 	mu        sync.Mutex
 	waiters   map[uint64]*waiter  // by delivery tag, until confirmed
-	early     map[uint64]bool     // confirms that came before their waiter registered: tag → ack
 	abandoned map[uint64]struct{} // tags whose publisher stopped waiting (ctx ended)
 	closed    bool
 	err       *amqp091.Error // why the channel closed, if the broker said
@@ -211,11 +215,7 @@ func (pc *pubChannel) confirm(c amqp091.Confirmation) {
 	defer pc.mu.Unlock()
 	w := pc.waiters[c.DeliveryTag]
 	if w == nil {
-		if _, gone := pc.abandoned[c.DeliveryTag]; gone {
-			delete(pc.abandoned, c.DeliveryTag)
-			return
-		}
-		pc.early[c.DeliveryTag] = c.Ack
+		delete(pc.abandoned, c.DeliveryTag)
 		return
 	}
 	delete(pc.waiters, c.DeliveryTag)
@@ -245,12 +245,6 @@ func (pc *pubChannel) shutdown(e *amqp091.Error) {
 func (pc *pubChannel) register(w *waiter) {
 	pc.mu.Lock()
 	defer pc.mu.Unlock()
-	if ack, ok := pc.early[w.tag]; ok {
-		delete(pc.early, w.tag)
-		w.ack = ack
-		close(w.done)
-		return
-	}
 	if pc.closed {
 		w.lost = true
 		close(w.done)
@@ -322,7 +316,6 @@ func (p *Publisher) openOn(conn *amqp091.Connection) (*pubChannel, error) {
 	pc := &pubChannel{
 		ch: ch, conn: conn,
 		waiters:   make(map[uint64]*waiter),
-		early:     make(map[uint64]bool),
 		abandoned: make(map[uint64]struct{}),
 		dead:      make(chan struct{}),
 	}
@@ -376,8 +369,7 @@ func (p *Publisher) Publish(ctx context.Context, m Message) error {
 				return &ExchangeNotFoundError{Exchange: m.Exchange}
 			}
 		}
-		w := &waiter{m: &m, done: make(chan struct{})}
-		dc, err := pc.ch.PublishWithDeferredConfirmWithContext(ctx, m.Exchange, m.Key, m.Mandatory, false, m.Msg)
+		w, err := pc.publish(ctx, &m)
 		if err != nil {
 			if ctx.Err() != nil {
 				return fmt.Errorf("publish: %w", ctx.Err())
@@ -391,8 +383,6 @@ func (p *Publisher) Publish(ctx context.Context, m Message) error {
 			}
 			return fmt.Errorf("publish: %w", err)
 		}
-		w.tag = dc.DeliveryTag
-		pc.register(w)
 		select {
 		case <-w.done:
 		case <-ctx.Done():
@@ -421,6 +411,32 @@ func (p *Publisher) Publish(ctx context.Context, m Message) error {
 		}
 		return nil
 	}
+}
+
+// publish registers a waiter for the next delivery tag and publishes m
+// under it.
+func (pc *pubChannel) publish(ctx context.Context, m *Message) (*waiter, error) {
+	pc.pubMu.Lock()
+	defer pc.pubMu.Unlock()
+	w := &waiter{m: m, tag: pc.ch.GetNextPublishSeqNo(), done: make(chan struct{})}
+	pc.register(w)
+	dc, err := pc.ch.PublishWithDeferredConfirmWithContext(ctx, m.Exchange, m.Key, m.Mandatory, false, m.Msg)
+	if err != nil {
+		pc.mu.Lock()
+		if pc.waiters[w.tag] == w {
+			delete(pc.waiters, w.tag) // the tag was not used: amqp091-go gives it to the next publish
+		}
+		pc.mu.Unlock()
+		return nil, err
+	}
+	if dc.DeliveryTag != w.tag {
+		// Cannot happen while every publish on the channel goes through
+		// here. If it ever does, the bookkeeping is off: drop the channel,
+		// and the publish goes out again on a new one.
+		_ = pc.ch.Close()
+		return nil, fmt.Errorf("publish got delivery tag %d, expected %d: %w", dc.DeliveryTag, w.tag, amqp091.ErrClosed)
+	}
+	return w, nil
 }
 
 // waitDead waits, briefly, for a channel that failed a publish to be

@@ -33,7 +33,7 @@ func TestMissingExchange(t *testing.T) {
 }
 
 func newTestChannel() *pubChannel {
-	return &pubChannel{waiters: map[uint64]*waiter{}, early: map[uint64]bool{}, abandoned: map[uint64]struct{}{}, dead: make(chan struct{})}
+	return &pubChannel{waiters: map[uint64]*waiter{}, abandoned: map[uint64]struct{}{}, dead: make(chan struct{})}
 }
 
 func publishAs(pc *pubChannel, tag uint64, m Message) *waiter {
@@ -43,9 +43,9 @@ func publishAs(pc *pubChannel, tag uint64, m Message) *waiter {
 }
 
 // The router's bookkeeping, with no broker: returns are matched to the
-// oldest unconfirmed publish of the same message, confirms that arrive
-// before their publisher registered are kept, abandoned ones are not, and
-// a closed channel settles everything still waiting as lost.
+// oldest unconfirmed publish of the same message, the confirms of
+// abandoned publishes are dropped, and a closed channel settles everything
+// still waiting as lost.
 func TestRouterBookkeeping(t *testing.T) {
 	pc := newTestChannel()
 	a := Message{Exchange: "", Key: "q", Msg: amqp091.Publishing{CorrelationId: "a", Body: []byte("x")}}
@@ -61,18 +61,17 @@ func TestRouterBookkeeping(t *testing.T) {
 	assert.EqualValues(t, 312, wb.returned.ReplyCode)
 	assert.True(t, wa.ack && !wa.lost)
 
-	// A confirm before the publisher registered.
-	pc.confirm(amqp091.Confirmation{DeliveryTag: 3, Ack: false})
+	// A nack.
 	wc := publishAs(pc, 3, a)
+	pc.confirm(amqp091.Confirmation{DeliveryTag: 3, Ack: false})
 	<-wc.done
 	assert.False(t, wc.ack)
-	assert.Empty(t, pc.early)
 
 	// An abandoned publish: its late confirm is dropped, not kept.
 	wd := publishAs(pc, 4, a)
 	pc.unregister(wd)
 	pc.confirm(amqp091.Confirmation{DeliveryTag: 4, Ack: true})
-	assert.Empty(t, pc.early)
+	assert.Empty(t, pc.waiters)
 	assert.Empty(t, pc.abandoned)
 
 	// Close: what still waits is lost, and later registrations too.
