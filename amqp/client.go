@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"sync"
-	"time"
 
 	"github.com/google/uuid"
 	"github.com/rs/zerolog"
@@ -277,15 +276,4 @@ func (b *backend) RevokeByStampedHeaders(ctx context.Context, headers map[string
 		return nil, err
 	}
 	return ctrl.RevokeByStampedHeaders(ctx, headers, opts...)
-}
-
-func sleepCtx(ctx context.Context, d time.Duration) error {
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-t.C:
-		return nil
-	case <-ctx.Done():
-		return ctx.Err()
-	}
 }

@@ -35,7 +35,7 @@ func (c *Client) route(ctx context.Context, call *celery.Call, m *celery.Message
 	// A countdown is the delay, as Celery takes it; an ETA is counted from
 	// now. Either way the eta header keeps the exact time, and the worker
 	// holds what the whole seconds leave.
-	delay := m.ETA.Sub(time.Now()).Seconds()
+	delay := time.Until(m.ETA).Seconds()
 	if call.Countdown != nil {
 		delay = call.Countdown.Seconds()
 	}

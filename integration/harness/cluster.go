@@ -785,17 +785,12 @@ func ClusterMain(m *testing.M, setup ...func(*Cluster) error) int {
 	if _, err := ServerSbin(); err != nil {
 		return clusterCannotStart(require, err)
 	}
-	f, err := os.OpenFile(lockPath, os.O_CREATE|os.O_RDWR, 0o666)
+	unlock, err := lockBroker(Shared)
 	if err != nil {
-		fmt.Fprintf(os.Stderr, "FAIL: broker lock: %v\n", err)
+		fmt.Fprintf(os.Stderr, "FAIL: %v\n", err)
 		return 1
 	}
-	defer f.Close()
-	if err := syscall.Flock(int(f.Fd()), Shared); err != nil {
-		fmt.Fprintf(os.Stderr, "FAIL: broker lock: %v\n", err)
-		return 1
-	}
-	defer syscall.Flock(int(f.Fd()), syscall.LOCK_UN)
+	defer unlock()
 
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	c, err := StartCluster(ctx)

@@ -90,17 +90,12 @@ func Main(m *testing.M, mode int, setup ...func() error) int {
 		fmt.Fprintln(os.Stderr, "SKIP: "+msg)
 		return 0
 	}
-	f, err := os.OpenFile(lockPath, os.O_CREATE|os.O_RDWR, 0o666)
+	unlock, err := lockBroker(mode)
 	if err != nil {
-		fmt.Fprintf(os.Stderr, "FAIL: broker lock: %v\n", err)
+		fmt.Fprintf(os.Stderr, "FAIL: %v\n", err)
 		return 1
 	}
-	defer f.Close()
-	if err := syscall.Flock(int(f.Fd()), mode); err != nil {
-		fmt.Fprintf(os.Stderr, "FAIL: broker lock: %v\n", err)
-		return 1
-	}
-	defer syscall.Flock(int(f.Fd()), syscall.LOCK_UN)
+	defer unlock()
 	for _, fn := range setup {
 		if err := fn(); err != nil {
 			fmt.Fprintf(os.Stderr, "FAIL: test setup: %v\n", err)
@@ -111,6 +106,23 @@ func Main(m *testing.M, mode int, setup ...func() error) int {
 	code := m.Run()
 	stopAll()
 	return code
+}
+
+// lockBroker takes the broker lock in mode (Shared or Exclusive) and
+// returns the function that releases it.
+func lockBroker(mode int) (unlock func(), err error) {
+	f, err := os.OpenFile(lockPath, os.O_CREATE|os.O_RDWR, 0o666)
+	if err != nil {
+		return nil, fmt.Errorf("broker lock: %w", err)
+	}
+	if err := syscall.Flock(int(f.Fd()), mode); err != nil {
+		f.Close()
+		return nil, fmt.Errorf("broker lock: %w", err)
+	}
+	return func() {
+		_ = syscall.Flock(int(f.Fd()), syscall.LOCK_UN)
+		f.Close()
+	}, nil
 }
 
 // Reachable dials the broker once.
