@@ -449,6 +449,11 @@ func (r *AsyncResult) wait(ctx context.Context, opts []GetOption) (*Meta, getCon
 			if perr := r.failedAncestor(ctx, cfg, m, err); perr != nil {
 				return nil, cfg, perr
 			}
+			if err == nil && cfg.forget {
+				// Best effort: the value is here; a queue that cannot be
+				// deleted now expires by itself.
+				_ = r.Forget(ctx)
+			}
 			return m, cfg, err
 		case err := <-parentFailed:
 			return nil, cfg, err

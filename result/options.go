@@ -13,6 +13,7 @@ type getConfig struct {
 	interval      time.Duration
 	onInterval    func()
 	callback      func(id string, v any)
+	forget        bool
 }
 
 func newGetConfig(opts []GetOption) getConfig {
@@ -54,6 +55,14 @@ func OnInterval(d time.Duration, fn func()) GetOption {
 // Callback is called with the task id and the value once Get has it, before
 // Get returns.
 func Callback(fn func(id string, v any)) GetOption { return func(c *getConfig) { c.callback = fn } }
+
+// ForgetAfterGet forgets the result once Get has it (AsyncResult.Forget:
+// its parents too): in per-task mode its reply queue is deleted instead of
+// staying on the broker until it expires (WithResultExpires, a day by
+// default). Use it when nobody else will read the result by id. The
+// deletion is best effort: if it fails, Get still returns the value, and
+// the queue expires by itself. Default: off.
+func ForgetAfterGet() GetOption { return func(c *getConfig) { c.forget = true } }
 
 // NoAck is accepted for compatibility with Celery's no_ack argument. It has
 // no effect: stalk's consumer acknowledges as its reply mode requires.
