@@ -3,6 +3,7 @@ package amqp
 import (
 	"context"
 	"fmt"
+	"strings"
 	"sync"
 
 	"github.com/google/uuid"
@@ -62,12 +63,20 @@ func Dial(ctx context.Context, url string, opts ...Option) (*Client, error) {
 	if err := cfg.validate(); err != nil {
 		return nil, err
 	}
+	if len(cfg.brokers) > 0 {
+		url = strings.Join(append([]string{url}, cfg.brokers...), ";")
+	}
+	urls, err := broker.ParseURLs(url)
+	if err != nil {
+		return nil, err
+	}
 	c := &Client{cfg: cfg, url: url}
 	c.log = cfg.logger.With().Str("component", "stalk").Logger()
 	c.planner = celery.Planner{DefaultQueue: cfg.topo.DefaultQueue, NewID: uuid.NewString}
 	c.cons = newConsumer(&c.cfg, c.log)
+	c.cons.multiNode = len(urls) > 1
 	c.back = &backend{c: c}
-	base := broker.Config{URL: url, TLS: cfg.tls, Logger: c.log, Backoff: cfg.backoff, Heartbeat: cfg.heartbeat}
+	base := broker.Config{URL: url, Failover: cfg.failover, TLS: cfg.tls, Logger: c.log, Backoff: cfg.backoff, Heartbeat: cfg.heartbeat}
 
 	rc := base
 	rc.Name = cfg.name + "-results"
@@ -171,6 +180,19 @@ func (c *Client) ReplyQueue(id string) string { return c.cons.mode.queueFor(id) 
 // depend on.
 func (c *Client) State() ConnState { return c.resConn.State() }
 
+// ConnStatus is one connection's state and the broker node it is on (or
+// was last on), its URL with the password redacted.
+type ConnStatus struct {
+	State  ConnState
+	Broker string
+}
+
+// Status returns the state of the results and the publishing connections,
+// and the node each is on.
+func (c *Client) Status() (results, publishing ConnStatus) {
+	return ConnStatus{c.resConn.State(), c.resConn.URL()}, ConnStatus{c.pubConn.State(), c.pubConn.URL()}
+}
+
 // OnStateChange registers fn for state changes of both connections;
 // publishing tells which.
 func (c *Client) OnStateChange(fn func(publishing bool, s ConnState)) {
@@ -192,6 +214,7 @@ type Stats struct {
 	Deleted         int64 // reply queues deleted under the client
 	Reconnects      int64 // reconnections of the results connection
 	DelayedFallback int64 // delayed tasks sent as worker-held ETAs because native delayed delivery was missing
+	Unreachable     int64 // times a reply queue was found on a cluster node that is down
 	Channels        int   // AMQP channels the client keeps open (fixed)
 }
 
@@ -204,8 +227,8 @@ func (c *Client) Stats() Stats {
 		Received: s.received.Load(), Malformed: s.malformed.Load(), Orphans: s.orphans.Load(),
 		Duplicates: s.duplicates.Load(), Stale: s.stale.Load(), Evicted: s.evicted.Load(),
 		EvictedUnread: s.evictedUnread.Load(), Deleted: s.deleted.Load(), Reconnects: s.reconnects.Load(),
-		DelayedFallback: s.delayedFallback.Load(),
-		Channels:        1 + c.cons.mode.channels(),
+		DelayedFallback: s.delayedFallback.Load(), Unreachable: s.unreachable.Load(),
+		Channels: 1 + c.cons.mode.channels(),
 	}
 }
 

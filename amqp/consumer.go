@@ -69,11 +69,15 @@ type consumer struct {
 	gen  atomic.Uint64
 
 	stats counters
+	// multiNode: the client has several broker URLs (a cluster), so a
+	// classic reply queue may be on a node that is down.
+	multiNode bool
 }
 
 type counters struct {
 	received, malformed, orphans, duplicates, stale, deleted atomic.Int64
 	evicted, evictedUnread, reconnects, delayedFallback      atomic.Int64
+	unreachable                                              atomic.Int64
 }
 
 func newConsumer(cfg *config, log zerolog.Logger) *consumer {
@@ -94,8 +98,11 @@ func newConsumer(cfg *config, log zerolog.Logger) *consumer {
 
 // queueArgs are the reply queues' arguments.
 func (c *consumer) queueArgs() amqp091.Table {
-	ms := c.cfg.resultExpires.Milliseconds()
-	return amqp091.Table{"x-expires": int32(ms)}
+	args := amqp091.Table{"x-expires": int32(c.cfg.resultExpires.Milliseconds())}
+	if c.cfg.replyType == Quorum {
+		args["x-queue-type"] = string(Quorum)
+	}
+	return args
 }
 
 // start runs the consumer loop. Call once, after conn is set.

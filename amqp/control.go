@@ -29,7 +29,7 @@ func (c *Client) Control(ctx context.Context) (*revoke.Controller, error) {
 		return c.control.ctrl, nil
 	}
 	ctrl, err := revoke.Dial(ctx, c.url, revoke.WithLogger(c.log), revoke.WithConnectionName(c.cfg.name+"-control"),
-		revoke.WithTLS(c.cfg.tls), revoke.WithBackoff(c.cfg.backoff))
+		revoke.WithTLS(c.cfg.tls), revoke.WithBackoff(c.cfg.backoff), revoke.WithFailover(c.cfg.failover.String()))
 	if err != nil {
 		return nil, fmt.Errorf("stalk: remote control: %w", trimPrefix(err))
 	}

@@ -48,6 +48,12 @@ var (
 	// results whose reply queue was deleted while they waited.
 	ErrReplyQueueDeleted = errors.New("stalk: reply queue was deleted")
 
+	// ErrReplyQueueUnavailable is wrapped when a task cannot be sent because
+	// the shared reply queue is unreachable: a classic queue whose cluster
+	// node is down. Its result would be dropped. Quorum reply queues
+	// (WithReplyQueueType) do not have this failure.
+	ErrReplyQueueUnavailable = errors.New("stalk: reply queue unavailable")
+
 	// ErrForgotten fails a pending result that was forgotten.
 	ErrForgotten = errors.New("stalk: result was forgotten")
 

@@ -32,7 +32,7 @@ func (c *Client) startEvents(ctx context.Context) error {
 		}
 	})
 	recv, err := events.Dial(ctx, c.url, events.WithLogger(c.log), events.TaskEvents(),
-		events.ConnectionName(c.cfg.name+"-events"), events.WithTLS(c.cfg.tls), events.WithBackoff(c.cfg.backoff))
+		events.ConnectionName(c.cfg.name+"-events"), events.WithTLS(c.cfg.tls), events.WithBackoff(c.cfg.backoff), events.WithFailover(c.cfg.failover.String()))
 	if err != nil {
 		return fmt.Errorf("stalk: event receiver: %w", trimPrefix(err))
 	}

@@ -111,6 +111,10 @@ type config struct {
 	events         bool
 	eventStateOpts []events.StateOption
 
+	brokers   []string
+	failover  broker.Failover
+	replyType QueueType
+
 	topo    celery.Topology
 	declare bool
 	delayed DelayedDelivery
@@ -173,6 +177,20 @@ func (c *config) validate() error {
 	default:
 		errs = append(errs, fmt.Errorf("unknown delayed delivery mode %d", c.delayed))
 	}
+	switch c.replyType {
+	case "", Classic:
+	case Quorum:
+		if c.mode != Shared {
+			errs = append(errs, errors.New("quorum reply queues need the shared reply mode: a quorum queue per task is a Raft group per task, which the broker creates and deletes at a small fraction of the rate of classic queues (see the README's Clusters section); use WithReplyMode(Shared) or WithReplyQueue"))
+		}
+	default:
+		errs = append(errs, fmt.Errorf("unknown reply queue type %q (want classic or quorum)", c.replyType))
+	}
+	switch c.failover {
+	case RoundRobin, Shuffle:
+	default:
+		errs = append(errs, fmt.Errorf("unknown failover strategy %d", c.failover))
+	}
 	if err := c.topo.Validate(); err != nil {
 		errs = append(errs, err)
 	}
@@ -192,6 +210,41 @@ func (c *config) validate() error {
 	}
 	return nil
 }
+
+// Failover is the order in which the client tries the broker URLs of a
+// cluster (Celery's broker_failover_strategy).
+type Failover = broker.Failover
+
+// Failover strategies.
+const (
+	// RoundRobin tries the URLs in the order given, and after a lost
+	// connection goes on with the next one (the default).
+	RoundRobin = broker.RoundRobin
+	// Shuffle tries them in a random order, shuffled again after every
+	// round, so that a fleet of clients spreads over the nodes.
+	Shuffle = broker.Shuffle
+)
+
+// WithBrokerURLs adds broker URLs to fail over to, after Dial's own (which
+// may itself be Celery's ";"-separated list, "amqp://a//;amqp://b//"). All
+// the client's connections (publishing, results, remote control, events)
+// use the list: the first node being down at Dial is normal, and a
+// connection that drops is redialled on the next node. Default: Dial's
+// URL only.
+func WithBrokerURLs(urls ...string) Option {
+	return func(c *config) { c.brokers = append(c.brokers, urls...) }
+}
+
+// WithReplyQueueType sets the type of the shared reply queue. Quorum keeps
+// the queue, and the results waiting in it, on a majority of a cluster's
+// nodes: results survive losing any one node (the queue keeps its
+// x-expires). Shared mode only: per-task quorum queues are refused.
+// Default: Classic, whose queue lives on the node that declared it.
+func WithReplyQueueType(t QueueType) Option { return func(c *config) { c.replyType = t } }
+
+// WithFailover sets the order in which the broker URLs are tried.
+// Default: RoundRobin.
+func WithFailover(f Failover) Option { return func(c *config) { c.failover = f } }
 
 // WithLogger sets the logger. Default: zerolog.Nop(). Passwords in URLs are
 // always redacted.

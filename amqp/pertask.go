@@ -30,6 +30,10 @@ type perTaskReplies struct {
 
 	fmu     sync.Mutex
 	follows map[string]*follow
+	// down holds the entries whose queue's home node is down (a classic
+	// queue on a cluster node that died), until it is back.
+	down      map[string]*result.Entry
+	watchOnce sync.Once
 }
 
 type lane struct {
@@ -53,7 +57,7 @@ type follow struct {
 }
 
 func newPerTaskReplies(c *consumer) *perTaskReplies {
-	p := &perTaskReplies{c: c, prefix: c.cfg.replyPrefix, follows: make(map[string]*follow)}
+	p := &perTaskReplies{c: c, prefix: c.cfg.replyPrefix, follows: make(map[string]*follow), down: make(map[string]*result.Entry)}
 	p.lanes = make([]*lane, c.cfg.lanes)
 	for i := range p.lanes {
 		p.lanes[i] = &lane{idx: i}
@@ -102,7 +106,10 @@ func (p *perTaskReplies) setup(conn *amqp091.Connection, gen uint64) error {
 		go func() {
 			defer wg.Done()
 			for _, e := range es {
-				if err := p.followOn(p.lanes[i], e, gen); err != nil {
+				// On a cluster, a queue from before the reconnect may live
+				// on a node that is down: look before declaring it, so that
+				// a 404 does not take the lane's channel down.
+				if err := p.followOn(p.lanes[i], e, gen, p.c.multiNode); err != nil {
 					errs[i] = err
 					return
 				}
@@ -164,7 +171,7 @@ func (p *perTaskReplies) follow(ctx context.Context, e *result.Entry) error {
 		l.mu.Lock()
 		gen := l.gen
 		l.mu.Unlock()
-		err := p.followOn(l, e, gen)
+		err := p.followOn(l, e, gen, false)
 		if err == nil {
 			return nil
 		}
@@ -206,8 +213,9 @@ func (p *perTaskReplies) isFollowed(e *result.Entry) bool {
 }
 
 // followOn declares and consumes e's queue on lane l, unless that was done
-// on this connection already.
-func (p *perTaskReplies) followOn(l *lane, e *result.Entry, gen uint64) error {
+// on this connection already. With look, it checks first that the queue is
+// reachable, as it does anyway for a task another client sent.
+func (p *perTaskReplies) followOn(l *lane, e *result.Entry, gen uint64, look bool) error {
 	id := e.ID()
 	l.mu.Lock()
 	defer l.mu.Unlock()
@@ -225,7 +233,7 @@ func (p *perTaskReplies) followOn(l *lane, e *result.Entry, gen uint64) error {
 	}
 	q := p.queueFor(id)
 	declare := true
-	if _, sent := e.SendInfo(); !sent {
+	if _, sent := e.SendInfo(); !sent || look {
 		// Attaching to a task another client sent: its queue may exist
 		// with another lifetime, and declaring it with ours would fail
 		// (406) and take the lane's channel down. Look first, on a
@@ -234,6 +242,10 @@ func (p *perTaskReplies) followOn(l *lane, e *result.Entry, gen uint64) error {
 			return amqp091.ErrClosed
 		}
 		_, exists, err := broker.QueueExistsOn(l.conn, q)
+		if node, down := broker.HomeNodeDown(err); down {
+			p.markDown(e, q, node)
+			return nil
+		}
 		if err != nil {
 			return err
 		}
@@ -345,12 +357,116 @@ func (p *perTaskReplies) deleted(tag string) {
 	if f == nil {
 		return
 	}
+	// Deleted, or on a cluster node that went down? Ask, off the loop.
+	p.c.wg.Add(1)
+	go func() {
+		defer p.c.wg.Done()
+		if node, ok := p.homeNodeDown(f.queue); ok {
+			p.markDown(f.entry, f.queue, node)
+			return
+		}
+		p.failDeleted(f.id, f.queue)
+	}()
+}
+
+// homeNodeDown asks the broker whether queue is unreachable because its
+// home node is down.
+func (p *perTaskReplies) homeNodeDown(queue string) (string, bool) {
+	ctx, cancel := context.WithTimeout(p.c.conn.Life(), 5*time.Second)
+	defer cancel()
+	conn, err := p.c.conn.Connection(ctx)
+	if err != nil {
+		return "", false
+	}
+	_, _, err = broker.QueueExistsOn(conn, queue)
+	return broker.HomeNodeDown(err)
+}
+
+func (p *perTaskReplies) failDeleted(id, queue string) {
 	c := p.c
 	c.stats.deleted.Add(1)
-	err := fmt.Errorf("%w: %q (task %s)", ErrReplyQueueDeleted, f.queue, f.id)
-	c.log.Error().Str("queue", f.queue).Str("task_id", f.id).Msg("reply queue deleted while its result was pending")
-	if e := c.reg.lookup(f.id); e != nil && e.Fail(err) {
-		c.reg.drop(f.id)
+	err := fmt.Errorf("%w: %q (task %s)", ErrReplyQueueDeleted, queue, id)
+	c.log.Error().Str("queue", queue).Str("task_id", id).Msg("reply queue deleted while its result was pending")
+	if e := c.reg.lookup(id); e != nil && e.Fail(err) {
+		c.reg.drop(id)
+	}
+}
+
+// markDown records that e's queue is on a node that is down: its waits
+// say so if they end, and the queue is looked for again every second
+// until the node is back.
+func (p *perTaskReplies) markDown(e *result.Entry, queue, node string) {
+	if e == nil {
+		return
+	}
+	e.MarkUnreachable(fmt.Sprintf("reply queue %q is on node %s, which is down", queue, node))
+	p.fmu.Lock()
+	p.down[e.ID()] = e
+	if f := p.follows[e.ID()]; f != nil && f.entry == e {
+		delete(p.follows, e.ID())
+	}
+	p.fmu.Unlock()
+	p.c.stats.unreachable.Add(1)
+	p.c.log.Warn().Str("queue", queue).Str("node", node).Str("task_id", e.ID()).Msg("reply queue unreachable: its home node is down; waiting for it")
+	p.watchOnce.Do(func() {
+		p.c.wg.Add(1)
+		go p.watchDown()
+	})
+}
+
+// watchDown looks again, every second, for the queues whose node was down,
+// and follows them once they are back.
+func (p *perTaskReplies) watchDown() {
+	defer p.c.wg.Done()
+	t := time.NewTicker(time.Second)
+	defer t.Stop()
+	for {
+		select {
+		case <-p.c.done:
+			return
+		case <-t.C:
+		}
+		p.fmu.Lock()
+		down := make([]*result.Entry, 0, len(p.down))
+		for _, e := range p.down {
+			down = append(down, e)
+		}
+		p.fmu.Unlock()
+		for _, e := range down {
+			p.retryDown(e)
+		}
+	}
+}
+
+func (p *perTaskReplies) retryDown(e *result.Entry) {
+	id := e.ID()
+	forget := func() {
+		p.fmu.Lock()
+		if p.down[id] == e {
+			delete(p.down, id)
+		}
+		p.fmu.Unlock()
+	}
+	if !p.c.reg.isPending(id, e) || p.c.conn.State() != broker.Ready {
+		if !p.c.reg.isPending(id, e) {
+			forget()
+		}
+		return
+	}
+	q := p.queueFor(id)
+	if _, down := p.homeNodeDown(q); down {
+		return
+	}
+	forget()
+	e.MarkUnreachable("")
+	p.c.log.Info().Str("queue", q).Str("task_id", id).Msg("reply queue reachable again")
+	l := p.pickLane()
+	l.mu.Lock()
+	gen := l.gen
+	l.mu.Unlock()
+	if err := p.followOn(l, e, gen, true); err != nil {
+		// A reconnect re-follows every pending entry anyway.
+		p.c.log.Debug().Err(err).Str("task_id", id).Msg("follow after the node came back")
 	}
 }
 

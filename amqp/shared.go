@@ -3,10 +3,13 @@ package amqp
 import (
 	"context"
 	"fmt"
+	"sync"
 	"sync/atomic"
+	"time"
 
 	amqp091 "github.com/rabbitmq/amqp091-go"
 
+	"github.com/stalk-dev/stalk/internal/broker"
 	"github.com/stalk-dev/stalk/result"
 )
 
@@ -18,6 +21,12 @@ type sharedReplies struct {
 	queue string
 	ch    atomic.Pointer[amqp091.Channel]
 	tags  atomic.Uint64
+
+	// down says why the queue is unreachable (a classic queue whose
+	// cluster node is down), "" while it is not; retry looks for it again.
+	mu    sync.Mutex
+	down  string
+	retry bool
 
 	// Acknowledgements are batched: the last delivery not yet acknowledged,
 	// and how many it covers. Loop goroutine only.
@@ -36,6 +45,21 @@ func (s *sharedReplies) queueFor(string) string { return s.queue }
 func (s *sharedReplies) channels() int          { return 1 }
 
 func (s *sharedReplies) setup(conn *amqp091.Connection, _ uint64) error {
+	err := s.open(conn)
+	if node, down := broker.HomeNodeDown(err); down {
+		// The client is Ready anyway: tasks already waiting are marked,
+		// new sends are refused, and the queue is looked for every second.
+		s.markDown(node)
+		return nil
+	}
+	if err == nil {
+		s.markUp()
+	}
+	return err
+}
+
+// open opens the reply channel on conn and consumes the queue on it.
+func (s *sharedReplies) open(conn *amqp091.Connection) error {
 	ch, err := conn.Channel()
 	if err != nil {
 		return fmt.Errorf("stalk: open reply channel: %w", err)
@@ -70,9 +94,91 @@ func (s *sharedReplies) consume(ch *amqp091.Channel) error {
 }
 
 // follow has nothing to do per task: the queue is consumed as long as the
-// connection is up.
+// connection is up. While the queue is unreachable, a result sent to it
+// would be dropped, so a new task is refused.
 func (s *sharedReplies) follow(ctx context.Context, _ *result.Entry) error {
-	return waitBroker(ctx, s.c.conn)
+	if err := waitBroker(ctx, s.c.conn); err != nil {
+		return err
+	}
+	s.mu.Lock()
+	down := s.down
+	s.mu.Unlock()
+	if down != "" {
+		return fmt.Errorf("%w: %s", ErrReplyQueueUnavailable, down)
+	}
+	return nil
+}
+
+// markDown records that the queue's home node is down: pending waits say
+// so if they end, and a goroutine looks for the queue every second.
+func (s *sharedReplies) markDown(node string) {
+	reason := fmt.Sprintf("reply queue %q is on node %s, which is down", s.queue, node)
+	s.mu.Lock()
+	s.down = reason
+	start := !s.retry
+	s.retry = true
+	s.mu.Unlock()
+	for _, e := range s.c.reg.pendingEntries() {
+		e.MarkUnreachable(reason)
+	}
+	s.c.stats.unreachable.Add(1)
+	s.c.log.Warn().Str("queue", s.queue).Str("node", node).Msg("shared reply queue unreachable: its home node is down; waiting for it")
+	if start {
+		s.c.wg.Add(1)
+		go s.watchDown()
+	}
+}
+
+func (s *sharedReplies) markUp() {
+	s.mu.Lock()
+	was := s.down
+	s.down = ""
+	s.mu.Unlock()
+	if was == "" {
+		return
+	}
+	for _, e := range s.c.reg.pendingEntries() {
+		e.MarkUnreachable("")
+	}
+	s.c.log.Info().Str("queue", s.queue).Msg("shared reply queue reachable again")
+}
+
+// watchDown tries, every second, to consume the queue again, until it
+// works or the client closes.
+func (s *sharedReplies) watchDown() {
+	defer s.c.wg.Done()
+	defer func() {
+		s.mu.Lock()
+		s.retry = false
+		s.mu.Unlock()
+	}()
+	t := time.NewTicker(time.Second)
+	defer t.Stop()
+	for {
+		select {
+		case <-s.c.done:
+			return
+		case <-t.C:
+		}
+		s.mu.Lock()
+		down := s.down
+		s.mu.Unlock()
+		if down == "" {
+			return
+		}
+		ctx, cancel := context.WithTimeout(s.c.conn.Life(), 5*time.Second)
+		conn, err := s.c.conn.Connection(ctx)
+		cancel()
+		if err != nil {
+			continue
+		}
+		if err := s.open(conn); err == nil {
+			s.markUp()
+			return
+		} else if _, stillDown := broker.HomeNodeDown(err); !stillDown {
+			s.c.log.Debug().Err(err).Msg("consume the shared reply queue again")
+		}
+	}
 }
 
 func (s *sharedReplies) release(string, *result.Entry)                {}
@@ -105,9 +211,20 @@ func (s *sharedReplies) idle() {
 }
 
 // deleted runs on the loop when the broker cancelled the shared consumer:
-// its queue was deleted.
+// its queue was deleted, or, on a cluster, its node went down.
 func (s *sharedReplies) deleted() {
 	c := s.c
+	ctx, cancel := context.WithTimeout(c.conn.Life(), 2*time.Second)
+	conn, cerr := c.conn.Connection(ctx)
+	cancel()
+	if cerr == nil {
+		_, _, qerr := broker.QueueExistsOn(conn, s.queue)
+		if node, down := broker.HomeNodeDown(qerr); down {
+			s.idle()
+			s.markDown(node)
+			return
+		}
+	}
 	c.stats.deleted.Add(1)
 	err := fmt.Errorf("%w: %q was deleted while results were pending; they may be lost", ErrReplyQueueDeleted, s.queue)
 	c.log.Error().Str("queue", s.queue).Msg("shared reply queue deleted; failing pending results and redeclaring it")

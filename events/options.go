@@ -36,6 +36,7 @@ type config struct {
 	connName string
 	tls      *tls.Config
 	backoff  broker.Backoff
+	failover string
 	now      func() time.Time
 }
 
@@ -154,6 +155,11 @@ func ConnectionName(n string) Option { return func(c *config) { c.connName = n }
 // WithTLS sets the TLS configuration for amqps:// URLs. Default: the
 // system roots.
 func WithTLS(t *tls.Config) Option { return func(c *config) { c.tls = t } }
+
+// WithFailover sets the order in which a ";"-separated list of broker URLs
+// is tried, by Celery's broker_failover_strategy names: "round-robin" (the
+// default) or "shuffle".
+func WithFailover(strategy string) Option { return func(c *config) { c.failover = strategy } }
 
 // WithBackoff sets the redial delay function. Default: capped exponential
 // backoff with jitter, 100 ms doubling to 5 s.

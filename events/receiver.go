@@ -107,7 +107,11 @@ func Dial(ctx context.Context, url string, opts ...Option) (*Receiver, error) {
 	if err := cfg.validate(); err != nil {
 		return nil, err
 	}
-	conn, err := broker.Dial(ctx, broker.Config{URL: url, Name: cfg.connName, Logger: cfg.log, TLS: cfg.tls, Backoff: cfg.backoff})
+	failover, err := broker.ParseFailover(cfg.failover)
+	if err != nil {
+		return nil, err
+	}
+	conn, err := broker.Dial(ctx, broker.Config{URL: url, Failover: failover, Name: cfg.connName, Logger: cfg.log, TLS: cfg.tls, Backoff: cfg.backoff})
 	if err != nil {
 		return nil, fmt.Errorf("events: dial: %w", err)
 	}

@@ -469,7 +469,7 @@ func (r *AsyncResult) wait(ctx context.Context, opts []GetOption) (*Meta, getCon
 			}
 			var err error = fmt.Errorf("stalk: waiting for task %s: %w", r.id, ctx.Err())
 			if errors.Is(ctx.Err(), context.DeadlineExceeded) {
-				err = &timeoutError{id: r.id, cause: ctx.Err(), lost: e.Disrupted()}
+				err = &timeoutError{id: r.id, cause: ctx.Err(), lost: e.Disrupted(), unreachable: e.Unreachable()}
 			}
 			if ferr := r.foreignChildErr(e, err); ferr != nil {
 				err = ferr

@@ -61,6 +61,9 @@ type Entry struct {
 	// disrupted is set when the connection was lost while the task was
 	// pending, so a transient result may have been lost.
 	disrupted bool
+	// unreachable says why the result cannot arrive now ("reply queue X:
+	// its home node Y is down"), while that lasts.
+	unreachable string
 }
 
 // MarkDisrupted records that the connection carrying this task's results
@@ -70,6 +73,26 @@ func (e *Entry) MarkDisrupted() {
 	e.mu.Lock()
 	e.disrupted = true
 	e.mu.Unlock()
+}
+
+// MarkUnreachable records why the task's result cannot reach this process
+// right now (its reply queue's node is down), or, with "", that it can
+// again. A Get that ends meanwhile says why, and its error satisfies
+// errors.Is(err, ErrResultLost).
+func (e *Entry) MarkUnreachable(reason string) {
+	e.mu.Lock()
+	e.unreachable = reason
+	if reason != "" {
+		e.disrupted = true
+	}
+	e.mu.Unlock()
+}
+
+// Unreachable returns the reason given to MarkUnreachable, or "".
+func (e *Entry) Unreachable() string {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return e.unreachable
 }
 
 // Disrupted reports whether MarkDisrupted was called.

@@ -110,14 +110,18 @@ func (e *TaskError) Is(target error) bool {
 // timeoutError is returned when Get times out. It is ErrTimeout, and it is
 // also the context error that caused it.
 type timeoutError struct {
-	id    string
-	cause error // context.DeadlineExceeded
-	lost  bool  // the connection was lost while waiting
+	id          string
+	cause       error  // context.DeadlineExceeded
+	lost        bool   // the connection was lost while waiting
+	unreachable string // why the result cannot arrive now, if known
 }
 
 func (e *timeoutError) Error() string {
 	s := fmt.Sprintf("stalk: timed out waiting for the result of task %s", e.id)
-	if e.lost {
+	switch {
+	case e.unreachable != "":
+		s += " (" + e.unreachable + ": the result may have been lost; a persistent one comes back with the node)"
+	case e.lost:
 		s += " (the broker connection was lost while waiting: a transient result may have been lost; persistent results survive)"
 	}
 	return s

@@ -140,10 +140,11 @@ func newController(conn *broker.Conn, owned bool, logger zerolog.Logger) *Contro
 type DialOption func(*dialConfig)
 
 type dialConfig struct {
-	logger  zerolog.Logger
-	name    string
-	tls     *tls.Config
-	backoff broker.Backoff
+	logger   zerolog.Logger
+	name     string
+	tls      *tls.Config
+	backoff  broker.Backoff
+	failover string
 }
 
 // WithLogger sets the logger. Default: zerolog.Nop().
@@ -163,6 +164,11 @@ func WithBackoff(b func(attempt int) time.Duration) DialOption {
 	return func(c *dialConfig) { c.backoff = b }
 }
 
+// WithFailover sets the order in which a ";"-separated list of broker URLs
+// is tried, by Celery's broker_failover_strategy names: "round-robin" (the
+// default) or "shuffle". Dial fails on another name.
+func WithFailover(strategy string) DialOption { return func(c *dialConfig) { c.failover = strategy } }
+
 // Dial connects to the broker at url and returns a Controller that owns
 // its connection: Close closes it. The connection redials with backoff
 // when it drops. ctx bounds only the first connection.
@@ -173,7 +179,11 @@ func Dial(ctx context.Context, url string, opts ...DialOption) (*Controller, err
 			o(&cfg)
 		}
 	}
-	conn, err := broker.Dial(ctx, broker.Config{URL: url, Name: cfg.name, TLS: cfg.tls, Logger: cfg.logger, Backoff: cfg.backoff})
+	failover, err := broker.ParseFailover(cfg.failover)
+	if err != nil {
+		return nil, err
+	}
+	conn, err := broker.Dial(ctx, broker.Config{URL: url, Failover: failover, Name: cfg.name, TLS: cfg.tls, Logger: cfg.logger, Backoff: cfg.backoff})
 	if err != nil {
 		return nil, fmt.Errorf("stalk: revoke: dial %s: %w", broker.Redact(url), err)
 	}

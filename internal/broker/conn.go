@@ -67,9 +67,48 @@ func DefaultBackoff(attempt int) time.Duration {
 // permanent error (see Permanent).
 type Hook func(ctx context.Context, conn *amqp091.Connection) error
 
+// Failover is the order in which a Conn tries its broker URLs (Celery's
+// broker_failover_strategy).
+type Failover int
+
+const (
+	// RoundRobin tries the URLs in the order given, starting again from the
+	// first after the last; after a lost connection it goes on with the
+	// next one.
+	RoundRobin Failover = iota
+	// Shuffle tries them in a random order, shuffled again after every
+	// round, so that clients spread over a cluster's nodes.
+	Shuffle
+)
+
+func (f Failover) String() string {
+	switch f {
+	case RoundRobin:
+		return "round-robin"
+	case Shuffle:
+		return "shuffle"
+	}
+	return fmt.Sprintf("Failover(%d)", int(f))
+}
+
+// ParseFailover reads Celery's broker_failover_strategy names:
+// "round-robin" (or "round_robin") and "shuffle".
+func ParseFailover(s string) (Failover, error) {
+	switch s {
+	case "", "round-robin", "round_robin", "roundrobin":
+		return RoundRobin, nil
+	case "shuffle":
+		return Shuffle, nil
+	}
+	return 0, fmt.Errorf("stalk: unknown failover strategy %q (want round-robin or shuffle)", s)
+}
+
 // Config configures a Conn. Only URL is required.
 type Config struct {
+	// URL is the broker's URL, or several separated by ";" (Celery's form:
+	// "amqp://a//;amqp://b//"), the nodes of a cluster to fail over between.
 	URL       string
+	Failover  Failover
 	TLS       *tls.Config   // used for amqps:// URLs; nil means the system roots
 	Name      string        // connection_name client property, shown by rabbitmqctl
 	Heartbeat time.Duration // default 10 s
@@ -82,6 +121,8 @@ type Config struct {
 // Conn is a supervised AMQP connection. It is safe for concurrent use.
 type Conn struct {
 	cfg    Config
+	urls   []string // the nodes, in failover order
+	cur    int      // index of the URL in use (guarded by mu)
 	log    zerolog.Logger
 	life   context.Context // ends at Close
 	cancel context.CancelFunc
@@ -128,16 +169,14 @@ func Dial(ctx context.Context, cfg Config, hooks ...Hook) (*Conn, error) {
 // Start creates a Conn and starts its supervisor without waiting for the
 // first connection. Use WaitReady to wait for it.
 func Start(cfg Config, hooks ...Hook) (*Conn, error) {
-	if cfg.URL == "" {
-		return nil, errors.New("stalk: broker URL is empty")
-	}
-	u, err := url.Parse(cfg.URL)
+	urls, err := ParseURLs(cfg.URL)
 	if err != nil {
-		_ = err
-		return nil, fmt.Errorf("stalk: invalid broker URL %q", Redact(cfg.URL))
+		return nil, err
 	}
-	if u.Scheme != "amqp" && u.Scheme != "amqps" {
-		return nil, fmt.Errorf("stalk: broker URL %q: scheme must be amqp or amqps", Redact(cfg.URL))
+	switch cfg.Failover {
+	case RoundRobin, Shuffle:
+	default:
+		return nil, fmt.Errorf("stalk: unknown failover strategy %d", cfg.Failover)
 	}
 	if cfg.Heartbeat == 0 {
 		cfg.Heartbeat = 10 * time.Second
@@ -150,16 +189,55 @@ func Start(cfg Config, hooks ...Hook) (*Conn, error) {
 	}
 	c := &Conn{
 		cfg:       cfg,
-		log:       cfg.Logger.With().Str("broker", Redact(cfg.URL)).Str("conn", cfg.Name).Logger(),
+		urls:      urls,
+		log:       cfg.Logger.With().Str("conn", cfg.Name).Logger(),
 		readyCh:   make(chan struct{}),
 		hooks:     append([]Hook(nil), hooks...),
 		unblocked: make(chan struct{}),
 	}
 	close(c.unblocked)
+	if cfg.Failover == Shuffle {
+		rand.Shuffle(len(c.urls), func(i, j int) { c.urls[i], c.urls[j] = c.urls[j], c.urls[i] })
+	}
 	c.life, c.cancel = context.WithCancel(context.Background())
 	c.wg.Add(1)
 	go c.supervise()
 	return c, nil
+}
+
+// ParseURLs splits a broker URL, or Celery's ";"-separated list of them,
+// and checks each: amqp:// or amqps://, with a host.
+func ParseURLs(raw string) ([]string, error) {
+	var out []string
+	for _, part := range strings.Split(raw, ";") {
+		part = strings.TrimSpace(part)
+		if part == "" {
+			continue
+		}
+		u, err := url.Parse(part)
+		if err != nil {
+			return nil, fmt.Errorf("stalk: invalid broker URL %q", Redact(part))
+		}
+		if u.Scheme != "amqp" && u.Scheme != "amqps" {
+			return nil, fmt.Errorf("stalk: broker URL %q: scheme must be amqp or amqps", Redact(part))
+		}
+		if u.Host == "" {
+			return nil, fmt.Errorf("stalk: broker URL %q has no host", Redact(part))
+		}
+		out = append(out, part)
+	}
+	if len(out) == 0 {
+		return nil, errors.New("stalk: broker URL is empty")
+	}
+	return out, nil
+}
+
+// URL returns the URL of the node the Conn is connected to, or was last
+// connected to, with passwords redacted.
+func (c *Conn) URL() string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return Redact(c.urls[c.cur])
 }
 
 // AddHook registers a hook that runs on every future connection. If the
@@ -362,7 +440,8 @@ func (c *Conn) setState(s State, conn *amqp091.Connection) {
 func (c *Conn) supervise() {
 	defer c.wg.Done()
 	defer c.setState(Closed, nil)
-	attempt := 0
+	attempt := 0       // failed rounds over every URL since the last connection
+	failed := 0        // failed dials in the current round
 	connected := false // a connection has been Ready before
 	for {
 		if c.life.Err() != nil {
@@ -373,7 +452,6 @@ func (c *Conn) supervise() {
 			c.mu.Lock()
 			c.lastErr = err
 			c.mu.Unlock()
-			attempt++
 			if isPermanent(err) && !connected {
 				// Bad credentials, a refused vhost or permission, a
 				// certificate that does not verify: Dial reports it at
@@ -382,6 +460,16 @@ func (c *Conn) supervise() {
 				c.cancel()
 				return
 			}
+			failed++
+			c.advance()
+			if failed < len(c.urls) {
+				// Another node of the list has not been tried in this
+				// round: fail over to it at once.
+				c.log.Warn().Err(err).Str("next", c.URL()).Msg("connect failed; trying the next broker")
+				continue
+			}
+			failed = 0
+			attempt++
 			d := c.cfg.Backoff(attempt)
 			if isPermanent(err) {
 				// After a working connection, keep redialling: permissions
@@ -398,10 +486,10 @@ func (c *Conn) supervise() {
 				return
 			}
 		}
-		if attempt > 0 {
-			c.log.Info().Int("attempts", attempt).Msg("reconnected")
+		if attempt > 0 || failed > 0 {
+			c.log.Info().Int("rounds", attempt).Str("broker", c.URL()).Msg("reconnected")
 		}
-		attempt = 0
+		attempt, failed = 0, 0
 		connected = true
 		closed := conn.NotifyClose(make(chan *amqp091.Error, 1))
 		blocked := conn.NotifyBlocked(make(chan amqp091.Blocking, 4))
@@ -411,6 +499,23 @@ func (c *Conn) supervise() {
 			return
 		}
 		c.setState(Reconnecting, nil)
+		// The node may be going down: the next attempt goes to the next
+		// one in the list (with one URL, the same).
+		c.advance()
+	}
+}
+
+// advance moves to the next URL in failover order; after the last one,
+// a shuffled list is shuffled again.
+func (c *Conn) advance() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.cur++
+	if c.cur == len(c.urls) {
+		c.cur = 0
+		if c.cfg.Failover == Shuffle && len(c.urls) > 1 {
+			rand.Shuffle(len(c.urls), func(i, j int) { c.urls[i], c.urls[j] = c.urls[j], c.urls[i] })
+		}
 	}
 }
 
@@ -428,7 +533,7 @@ func (c *Conn) watch(conn *amqp091.Connection, closed chan *amqp091.Error, block
 			c.lastErr = err
 			c.mu.Unlock()
 			if c.life.Err() == nil {
-				c.log.Warn().Err(err).Msg("connection lost")
+				c.log.Warn().Err(err).Str("broker", c.URL()).Msg("connection lost")
 			}
 			// drain so amqp091 never blocks on us
 			go func() {
@@ -480,9 +585,12 @@ func (c *Conn) connectOnce() (*amqp091.Connection, error) {
 		TLSClientConfig: c.cfg.TLS,
 		Dial:            amqp091.DefaultDial(c.cfg.DialTimeout),
 	}
-	conn, err := amqp091.DialConfig(c.cfg.URL, cfg)
+	c.mu.Lock()
+	u := c.urls[c.cur]
+	c.mu.Unlock()
+	conn, err := amqp091.DialConfig(u, cfg)
 	if err != nil {
-		return nil, classify(redactErr(err, c.cfg.URL))
+		return nil, classify(fmt.Errorf("%s: %w", Redact(u), redactErr(err, c.cfg.URL)))
 	}
 	c.mu.Lock()
 	hooks := append([]Hook(nil), c.hooks...)
@@ -492,7 +600,7 @@ func (c *Conn) connectOnce() (*amqp091.Connection, error) {
 	for _, h := range hooks {
 		if err := h(ctx, conn); err != nil {
 			_ = conn.Close()
-			return nil, classify(redactErr(err, c.cfg.URL))
+			return nil, classify(fmt.Errorf("%s: %w", Redact(u), redactErr(err, c.cfg.URL)))
 		}
 	}
 	return conn, nil
@@ -539,8 +647,20 @@ func classify(err error) error {
 	return err
 }
 
-// Redact returns rawURL with any password replaced by "xxxxx".
+// Redact returns rawURL with any password replaced by "xxxxx"; in a
+// ";"-separated list of URLs, every one's.
 func Redact(rawURL string) string {
+	if strings.Contains(rawURL, ";") {
+		parts := strings.Split(rawURL, ";")
+		for i, p := range parts {
+			parts[i] = redactOne(strings.TrimSpace(p))
+		}
+		return strings.Join(parts, ";")
+	}
+	return redactOne(rawURL)
+}
+
+func redactOne(rawURL string) string {
 	u, err := url.Parse(rawURL)
 	if err != nil {
 		// Fall back to cutting anything between "://" and "@".
@@ -559,20 +679,26 @@ func Redact(rawURL string) string {
 	return u.String()
 }
 
-// redactErr removes the URL's password from err's text, if it appears.
+// redactErr removes the passwords of rawURL (or of each URL of a list)
+// from err's text, where they appear.
 func redactErr(err error, rawURL string) error {
 	if err == nil {
 		return nil
 	}
-	u, perr := url.Parse(rawURL)
-	if perr != nil || u.User == nil {
+	msg := err.Error()
+	for _, part := range strings.Split(rawURL, ";") {
+		u, perr := url.Parse(strings.TrimSpace(part))
+		if perr != nil || u.User == nil {
+			continue
+		}
+		if pw, has := u.User.Password(); has && pw != "" {
+			msg = strings.ReplaceAll(msg, pw, "xxxxx")
+		}
+	}
+	if msg == err.Error() {
 		return err
 	}
-	pw, has := u.User.Password()
-	if !has || pw == "" || !strings.Contains(err.Error(), pw) {
-		return err
-	}
-	return &redactedError{msg: strings.ReplaceAll(err.Error(), pw, "xxxxx"), err: err}
+	return &redactedError{msg: msg, err: err}
 }
 
 type redactedError struct {

@@ -44,3 +44,40 @@ func TestStartRejectsBadURLs(t *testing.T) {
 		assert.Error(t, err, u)
 	}
 }
+
+func TestParseURLsAndRedactLists(t *testing.T) {
+	list := "amqp://u:p1@a:5672//; amqp://u:p2@b:5672//;amqp://c//"
+	urls, err := ParseURLs(list)
+	assert.NoError(t, err)
+	assert.Equal(t, []string{"amqp://u:p1@a:5672//", "amqp://u:p2@b:5672//", "amqp://c//"}, urls)
+	red := Redact(list)
+	assert.NotContains(t, red, "p1")
+	assert.NotContains(t, red, "p2")
+	assert.Contains(t, red, "amqp://u:xxxxx@b:5672//")
+	err = redactErr(errors.New("dial u:p1@a and u:p2@b failed"), list)
+	assert.Equal(t, "dial u:xxxxx@a and u:xxxxx@b failed", err.Error())
+	for _, bad := range []string{"", ";", "amqp://a;http://b", "amqp://a;amqp://"} {
+		_, err := ParseURLs(bad)
+		assert.Error(t, err, bad)
+	}
+}
+
+func TestAdvance(t *testing.T) {
+	c := &Conn{urls: []string{"amqp://a", "amqp://b", "amqp://c"}}
+	var order []string
+	for range 4 {
+		order = append(order, c.urls[c.cur])
+		c.advance()
+	}
+	assert.Equal(t, []string{"amqp://a", "amqp://b", "amqp://c", "amqp://a"}, order)
+
+	s := &Conn{urls: []string{"amqp://a", "amqp://b", "amqp://c"}, cfg: Config{Failover: Shuffle}}
+	seen := map[string]int{}
+	for range 300 {
+		seen[s.urls[s.cur]]++
+		s.advance()
+	}
+	for _, u := range []string{"amqp://a", "amqp://b", "amqp://c"} {
+		assert.Equal(t, 100, seen[u], "every node once a round")
+	}
+}

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"regexp"
 	"sync"
 	"time"
 
@@ -167,4 +168,21 @@ func QueueExistsOn(conn *amqp091.Connection, name string) (amqp091.Queue, bool, 
 func IsCode(err error, code int) bool {
 	var ae *amqp091.Error
 	return errors.As(err, &ae) && ae.Code == code
+}
+
+var homeNodeDown = regexp.MustCompile(`home node '([^']+)' of durable queue '((?:[^']|'')*)'.* is down or inaccessible`)
+
+// HomeNodeDown reports whether err says that a classic queue's home node
+// is down (RabbitMQ's 404 "home node 'rabbit@b' of durable queue 'q' in
+// vhost '/' is down or inaccessible"), and names the node.
+func HomeNodeDown(err error) (node string, ok bool) {
+	var ae *amqp091.Error
+	if !errors.As(err, &ae) || ae.Code != amqp091.NotFound {
+		return "", false
+	}
+	m := homeNodeDown.FindStringSubmatch(ae.Reason)
+	if m == nil {
+		return "", false
+	}
+	return m[1], true
 }

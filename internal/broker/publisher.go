@@ -388,9 +388,9 @@ func (p *Publisher) Publish(ctx context.Context, m Message) error {
 		case <-ctx.Done():
 			pc.unregister(w)
 			if p.conn.Blocked() {
-				return fmt.Errorf("%w: the broker is blocking publishes (resource alarm): %w", ErrNotConfirmed, ctx.Err())
+				return fmt.Errorf("%w: the broker is blocking publishes (resource alarm); the message may still be delivered once it clears: %w", ErrNotConfirmed, ctx.Err())
 			}
-			return fmt.Errorf("%w: %w", ErrNotConfirmed, ctx.Err())
+			return fmt.Errorf("%w before ctx ended (a quorum queue that lost its majority confirms nothing); the message may still be delivered: %w", ErrNotConfirmed, ctx.Err())
 		}
 		switch {
 		case w.lost:

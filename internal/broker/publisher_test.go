@@ -120,3 +120,13 @@ func TestUnprefixed(t *testing.T) {
 	assert.Equal(t, "plain", Unprefixed(errors.New("plain")).Error())
 	assert.Nil(t, Unprefixed(nil))
 }
+
+func TestHomeNodeDown(t *testing.T) {
+	node, ok := HomeNodeDown(fmt.Errorf("declare: %w", &amqp091.Error{Code: 404, Reason: "NOT_FOUND - home node 'stalkc1@localhost' of durable queue 'cq1' in vhost '/' is down or inaccessible"}))
+	assert.True(t, ok)
+	assert.Equal(t, "stalkc1@localhost", node)
+	_, ok = HomeNodeDown(&amqp091.Error{Code: 404, Reason: "NOT_FOUND - no queue 'q' in vhost '/'"})
+	assert.False(t, ok)
+	_, ok = HomeNodeDown(errors.New("home node 'x' of durable queue 'q' is down or inaccessible"))
+	assert.False(t, ok, "only the broker's 404 says so")
+}
