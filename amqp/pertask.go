@@ -37,11 +37,12 @@ type perTaskReplies struct {
 }
 
 type lane struct {
-	idx  int
-	mu   sync.Mutex
-	ch   *amqp091.Channel
-	conn *amqp091.Connection // the connection ch belongs to
-	gen  uint64
+	idx   int
+	mu    sync.Mutex
+	ch    *amqp091.Channel
+	conn  *amqp091.Connection // the connection ch belongs to
+	gen   uint64              // the connection's generation
+	chGen uint64              // bumped whenever ch is replaced on the same connection
 }
 
 // follow is one per-task reply queue consumer.
@@ -52,6 +53,7 @@ type follow struct {
 	tag       string
 	lane      *lane
 	gen       uint64
+	chGen     uint64      // the lane channel it consumes on
 	cancelled bool        // by us (guarded by lane.mu)
 	released  atomic.Bool // its entry was released: deliveries go back to the queue
 }
@@ -72,17 +74,12 @@ func (p *perTaskReplies) idle()                     {}
 // setup reopens every lane, then re-follows every pending result.
 func (p *perTaskReplies) setup(conn *amqp091.Connection, gen uint64) error {
 	for _, l := range p.lanes {
-		ch, err := conn.Channel()
-		if err != nil {
-			return fmt.Errorf("stalk: open reply channel: %w", err)
-		}
-		if err := ch.Qos(p.c.cfg.prefetch, 0, false); err != nil {
-			return fmt.Errorf("stalk: set prefetch: %w", err)
-		}
-		p.watchCancels(ch)
 		l.mu.Lock()
-		l.ch, l.conn, l.gen = ch, conn, gen
+		err := p.openLaneLocked(l, conn, gen)
 		l.mu.Unlock()
+		if err != nil {
+			return err
+		}
 	}
 	p.fmu.Lock()
 	p.follows = make(map[string]*follow)
@@ -105,11 +102,20 @@ func (p *perTaskReplies) setup(conn *amqp091.Connection, gen uint64) error {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			for _, e := range es {
+			for len(es) > 0 {
+				e := es[0]
+				es = es[1:]
 				// On a cluster, a queue from before the reconnect may live
 				// on a node that is down: look before declaring it, so that
 				// a 404 does not take the lane's channel down.
-				if err := p.followOn(p.lanes[i], e, gen, p.c.multiNode); err != nil {
+				err := p.followOn(p.lanes[i], e, gen, p.c.multiNode)
+				if errors.Is(err, errLaneReset) {
+					// The lane's channel died under its other consumers:
+					// follow them again on the new one.
+					es = append(es, p.staleFollows(p.lanes[i])...)
+					continue
+				}
+				if err != nil {
 					errs[i] = err
 					return
 				}
@@ -121,7 +127,105 @@ func (p *perTaskReplies) setup(conn *amqp091.Connection, gen uint64) error {
 		return err
 	}
 	p.c.log.Info().Int("pending", len(pending)).Msg("re-consumed reply queues")
+	if p.c.multiNode && gen > 1 {
+		p.recheckLater(gen)
+	}
 	return nil
+}
+
+// recheckDelay is how long after a reconnect on a cluster the re-consumed
+// queues are looked at again: right after a node dies, the other nodes may
+// not know yet, and accept a consumer on a queue of the dead node that
+// will never deliver.
+const recheckDelay = 2 * time.Second
+
+// recheckLater looks again, after recheckDelay, at every queue followed on
+// connection gen, and marks those on a node that is down.
+func (p *perTaskReplies) recheckLater(gen uint64) {
+	p.c.wg.Add(1)
+	go func() {
+		defer p.c.wg.Done()
+		select {
+		case <-p.c.done:
+			return
+		case <-time.After(recheckDelay):
+		}
+		p.fmu.Lock()
+		var fs []*follow
+		for _, f := range p.follows {
+			if f.gen == gen {
+				fs = append(fs, f)
+			}
+		}
+		p.fmu.Unlock()
+		for _, f := range fs {
+			if node, down := p.homeNodeDown(f.queue); down {
+				p.unfollow(f, nil)
+				p.markDown(f.entry, f.queue, node)
+			}
+		}
+	}()
+}
+
+// errLaneReset: a follow took a lane's channel down (its queue's home node
+// is down, which a passive declare does not always tell), and the lane has
+// a new channel; the lane's other follows need to be set up again on it.
+var errLaneReset = errors.New("reply lane channel replaced")
+
+// openLaneLocked opens l's channel on conn; the caller holds l.mu.
+func (p *perTaskReplies) openLaneLocked(l *lane, conn *amqp091.Connection, gen uint64) error {
+	ch, err := conn.Channel()
+	if err != nil {
+		return fmt.Errorf("stalk: open reply channel: %w", err)
+	}
+	if err := ch.Qos(p.c.cfg.prefetch, 0, false); err != nil {
+		return fmt.Errorf("stalk: set prefetch: %w", err)
+	}
+	p.watchCancels(ch)
+	l.ch, l.conn, l.gen = ch, conn, gen
+	l.chGen++
+	return nil
+}
+
+// staleFollows drops the follows on l that consumed on a channel it has
+// replaced, and returns their entries, to follow again.
+func (p *perTaskReplies) staleFollows(l *lane) []*result.Entry {
+	l.mu.Lock()
+	chGen := l.chGen
+	l.mu.Unlock()
+	p.fmu.Lock()
+	defer p.fmu.Unlock()
+	var out []*result.Entry
+	for id, f := range p.follows {
+		if f.lane == l && f.chGen != chGen {
+			delete(p.follows, id)
+			out = append(out, f.entry)
+		}
+	}
+	return out
+}
+
+// refollowLane follows again, in the background, what l's replaced
+// channel was consuming.
+func (p *perTaskReplies) refollowLane(l *lane) {
+	p.c.wg.Add(1)
+	go func() {
+		defer p.c.wg.Done()
+		es := p.staleFollows(l)
+		for len(es) > 0 {
+			e := es[0]
+			es = es[1:]
+			l.mu.Lock()
+			gen := l.gen
+			l.mu.Unlock()
+			err := p.followOn(l, e, gen, true)
+			if errors.Is(err, errLaneReset) {
+				es = append(es, p.staleFollows(l)...)
+			} else if err != nil {
+				p.c.log.Debug().Err(err).Str("task_id", e.ID()).Msg("follow again on a new lane channel; a reconnect does it otherwise")
+			}
+		}
+	}()
 }
 
 // watchCancels forwards server-side basic.cancel notifications of a lane
@@ -172,6 +276,10 @@ func (p *perTaskReplies) follow(ctx context.Context, e *result.Entry) error {
 		gen := l.gen
 		l.mu.Unlock()
 		err := p.followOn(l, e, gen, false)
+		if errors.Is(err, errLaneReset) {
+			p.refollowLane(l)
+			return nil // e is marked down and watched
+		}
 		if err == nil {
 			return nil
 		}
@@ -223,7 +331,7 @@ func (p *perTaskReplies) followOn(l *lane, e *result.Entry, gen uint64, look boo
 		return amqp091.ErrClosed
 	}
 	p.fmu.Lock()
-	if f := p.follows[id]; f != nil && f.gen == gen && f.entry == e {
+	if f := p.follows[id]; f != nil && f.gen == gen && f.chGen == l.chGen && f.entry == e {
 		p.fmu.Unlock()
 		return nil
 	}
@@ -259,8 +367,17 @@ func (p *perTaskReplies) followOn(l *lane, e *result.Entry, gen uint64, look boo
 			return err
 		}
 	}
-	f := &follow{id: id, entry: e, queue: q, tag: consumerTag(id, p.tagSeq.Add(1)), lane: l, gen: gen}
+	f := &follow{id: id, entry: e, queue: q, tag: consumerTag(id, p.tagSeq.Add(1)), lane: l, gen: gen, chGen: l.chGen}
 	deliveries, err := l.ch.Consume(q, f.tag, false, false, false, false, nil)
+	if node, down := broker.HomeNodeDown(err); down && l.conn != nil && !l.conn.IsClosed() {
+		// The declaration or the consume found the queue's node down, and
+		// took the channel with it.
+		p.markDown(e, q, node)
+		if oerr := p.openLaneLocked(l, l.conn, gen); oerr != nil {
+			return oerr
+		}
+		return errLaneReset
+	}
 	if err != nil {
 		return err
 	}
@@ -464,7 +581,9 @@ func (p *perTaskReplies) retryDown(e *result.Entry) {
 	l.mu.Lock()
 	gen := l.gen
 	l.mu.Unlock()
-	if err := p.followOn(l, e, gen, true); err != nil {
+	if err := p.followOn(l, e, gen, true); errors.Is(err, errLaneReset) {
+		p.refollowLane(l)
+	} else if err != nil {
 		// A reconnect re-follows every pending entry anyway.
 		p.c.log.Debug().Err(err).Str("task_id", id).Msg("follow after the node came back")
 	}

@@ -44,7 +44,7 @@ func newSharedReplies(c *consumer, queue string) *sharedReplies {
 func (s *sharedReplies) queueFor(string) string { return s.queue }
 func (s *sharedReplies) channels() int          { return 1 }
 
-func (s *sharedReplies) setup(conn *amqp091.Connection, _ uint64) error {
+func (s *sharedReplies) setup(conn *amqp091.Connection, gen uint64) error {
 	err := s.open(conn)
 	if node, down := broker.HomeNodeDown(err); down {
 		// The client is Ready anyway: tasks already waiting are marked,
@@ -54,8 +54,36 @@ func (s *sharedReplies) setup(conn *amqp091.Connection, _ uint64) error {
 	}
 	if err == nil {
 		s.markUp()
+		if s.c.multiNode && gen > 1 {
+			s.recheckLater(conn)
+		}
 	}
 	return err
+}
+
+// recheckLater looks at the queue again after recheckDelay: right after a
+// node dies, the other nodes may accept a consumer on a queue of the dead
+// node that will never deliver.
+func (s *sharedReplies) recheckLater(conn *amqp091.Connection) {
+	s.c.wg.Add(1)
+	go func() {
+		defer s.c.wg.Done()
+		select {
+		case <-s.c.done:
+			return
+		case <-time.After(recheckDelay):
+		}
+		if conn.IsClosed() {
+			return
+		}
+		_, _, err := broker.QueueExistsOn(conn, s.queue)
+		if node, down := broker.HomeNodeDown(err); down {
+			if ch := s.ch.Load(); ch != nil {
+				_ = ch.Close()
+			}
+			s.markDown(node)
+		}
+	}()
 }
 
 // open opens the reply channel on conn and consumes the queue on it.

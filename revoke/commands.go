@@ -231,7 +231,7 @@ func (c *Controller) call(ctx context.Context, method string, args any, o Option
 		col = c.register(ticket)
 		defer c.unregister(ticket)
 	}
-	body, err := encodeRequest(method, args, o.Destination, ticket, c.oid)
+	body, err := encodeRequest(method, args, o.Destination, ticket, c.replyKey())
 	if err != nil {
 		return nil, err
 	}

@@ -268,7 +268,7 @@ func (c *Controller) hook(ctx context.Context, conn *amqp091.Connection) error {
 		return nil
 	}
 	if err := c.setup(ctx, conn); err != nil && c.life.Err() == nil {
-		c.log.Warn().Err(err).Str("queue", c.queue).Msg("reply queue setup failed")
+		c.log.Warn().Err(err).Str("queue", c.queueName()).Msg("reply queue setup failed")
 	}
 	return nil
 }
@@ -279,10 +279,47 @@ func (c *Controller) hook(ctx context.Context, conn *amqp091.Connection) error {
 // The queue is durable, not auto-delete, with x-expires: it outlives a
 // dropped connection by 10 s, so replies that arrive while we redial wait
 // for us, and RabbitMQ 4.3+ accepts it (it refuses transient queues that
-// are not exclusive). Its name is stable for the Controller's life.
+// are not exclusive). Its name is stable while its node lives: on a
+// cluster, when the node it lives on is down, the Controller takes a new
+// name (a new oid), since the old queue cannot be used until that node is
+// back; replies to commands sent before are lost with it.
 func (c *Controller) setup(ctx context.Context, conn *amqp091.Connection) error {
 	c.setupMu.Lock()
 	defer c.setupMu.Unlock()
+	err := c.setupLocked(ctx, conn)
+	if node, down := broker.HomeNodeDown(err); down {
+		old := c.queueName()
+		c.newOID()
+		c.log.Warn().Str("queue", old).Str("node", node).Str("new_queue", c.queueName()).
+			Msg("reply queue unreachable: its node is down; using a new one")
+		err = c.setupLocked(ctx, conn)
+	}
+	return err
+}
+
+// newOID gives the Controller a new reply routing key and queue.
+func (c *Controller) newOID() {
+	oid := uuid.NewString()
+	c.mu.Lock()
+	c.oid, c.queue = oid, oid+replyQueueTail
+	c.mu.Unlock()
+}
+
+// queueName and replyKey are the current reply queue and routing key.
+func (c *Controller) queueName() string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.queue
+}
+
+func (c *Controller) replyKey() string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.oid
+}
+
+func (c *Controller) setupLocked(ctx context.Context, conn *amqp091.Connection) error {
+	queue, oid := c.queueName(), c.replyKey()
 	c.mu.Lock()
 	ok := c.cons.alive(conn)
 	c.mu.Unlock()
@@ -301,17 +338,17 @@ func (c *Controller) setup(ctx context.Context, conn *amqp091.Connection) error 
 		return fail("declare exchange "+replyExchange, err)
 	}
 	args := amqp091.Table{"x-expires": int32(replyQueueExpires), "x-message-ttl": int32(replyMessageTTL)}
-	if _, err := ch.QueueDeclare(c.queue, true, false, false, false, args); err != nil {
-		return fail("declare queue "+c.queue, err)
+	if _, err := ch.QueueDeclare(queue, true, false, false, false, args); err != nil {
+		return fail("declare queue "+queue, err)
 	}
-	if err := ch.QueueBind(c.queue, c.oid, replyExchange, false, nil); err != nil {
-		return fail("bind queue "+c.queue, err)
+	if err := ch.QueueBind(queue, oid, replyExchange, false, nil); err != nil {
+		return fail("bind queue "+queue, err)
 	}
 	// Auto-ack, as Celery consumes replies: the router only decodes and
 	// hands over, so it never lets the prefetch grow.
-	deliveries, err := ch.Consume(c.queue, "stalk-revoke-"+c.oid, true, false, false, false, nil)
+	deliveries, err := ch.Consume(queue, "stalk-revoke-"+oid, true, false, false, false, nil)
 	if err != nil {
-		return fail("consume "+c.queue, err)
+		return fail("consume "+queue, err)
 	}
 	cons := &consumer{conn: conn, ch: ch, deliveries: deliveries, dead: make(chan struct{})}
 	// Recorded now, so that a command racing the router's pick-up does not
@@ -329,7 +366,7 @@ func (c *Controller) setup(ctx context.Context, conn *amqp091.Connection) error 
 		_ = ch.Close()
 		return fmt.Errorf("stalk: revoke: reply queue setup: %w", ctx.Err())
 	}
-	c.log.Debug().Str("queue", c.queue).Msg("consuming replies")
+	c.log.Debug().Str("queue", queue).Msg("consuming replies")
 	return nil
 }
 
@@ -370,7 +407,7 @@ func (c *Controller) route() {
 			deliveries = nil
 			cur.kill()
 			if !cur.conn.IsClosed() && c.life.Err() == nil {
-				c.log.Debug().Str("queue", c.queue).Msg("reply consumer stopped; setting it up again")
+				c.log.Debug().Str("queue", c.queueName()).Msg("reply consumer stopped; setting it up again")
 				stopped := cur
 				c.wg.Add(1)
 				go func() {
