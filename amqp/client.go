@@ -37,6 +37,7 @@ type Client struct {
 	cons    *consumer
 	back    *backend
 	planner celery.Planner
+	tel     *telemetry
 
 	closeOnce   sync.Once
 	delayedWarn sync.Once
@@ -106,6 +107,8 @@ func Dial(ctx context.Context, url string, opts ...Option) (*Client, error) {
 	}
 	c.pubConn = pubConn
 	c.pub = broker.NewPublisher(pubConn, c.log)
+	c.tel = newTelemetry(c)
+	c.cons.tel = c.tel
 
 	for _, conn := range []*broker.Conn{resConn, pubConn} {
 		if err := conn.WaitReady(ctx); err != nil {
@@ -239,6 +242,7 @@ func (c *Client) Close() error {
 	c.closeOnce.Do(func() {
 		c.closeControl()
 		c.closeEvents()
+		c.tel.close()
 		if c.pubConn != nil {
 			c.pubConn.Close()
 			c.pub.Close()
@@ -286,17 +290,21 @@ func (b *backend) Forget(ctx context.Context, id string) error { return b.c.cons
 func (b *backend) Release(id string) { b.c.cons.release(id) }
 
 func (b *backend) Revoke(ctx context.Context, ids []string, opts ...result.ControlOption) ([]result.ControlReply, error) {
-	ctrl, err := b.c.Control(ctx)
-	if err != nil {
-		return nil, err
-	}
-	return ctrl.Revoke(ctx, ids, opts...)
+	return b.c.tel.revoke(ctx, "revoke", len(ids), func(ctx context.Context) ([]result.ControlReply, error) {
+		ctrl, err := b.c.Control(ctx)
+		if err != nil {
+			return nil, err
+		}
+		return ctrl.Revoke(ctx, ids, opts...)
+	})
 }
 
 func (b *backend) RevokeByStampedHeaders(ctx context.Context, headers map[string][]string, opts ...result.ControlOption) ([]result.ControlReply, error) {
-	ctrl, err := b.c.Control(ctx)
-	if err != nil {
-		return nil, err
-	}
-	return ctrl.RevokeByStampedHeaders(ctx, headers, opts...)
+	return b.c.tel.revoke(ctx, "revoke_by_stamped_headers", len(headers), func(ctx context.Context) ([]result.ControlReply, error) {
+		ctrl, err := b.c.Control(ctx)
+		if err != nil {
+			return nil, err
+		}
+		return ctrl.RevokeByStampedHeaders(ctx, headers, opts...)
+	})
 }

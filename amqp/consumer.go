@@ -69,6 +69,7 @@ type consumer struct {
 	gen  atomic.Uint64
 
 	stats counters
+	tel   *telemetry
 	// multiNode: the client has several broker URLs (a cluster), so a
 	// classic reply queue may be on a node that is down.
 	multiNode bool
@@ -194,6 +195,14 @@ func (c *consumer) handle(m inbound) {
 	}
 	meta.CorrelationID = d.CorrelationId
 	meta.Received = time.Now()
+	c.deliver(meta)
+	c.mode.done(m, meta)
+}
+
+// deliver records a decoded result message on its entry (a new orphan in
+// the cache when nobody asked for its id) and settles the entry's promise
+// on a final state.
+func (c *consumer) deliver(meta *result.Meta) {
 	e, known, ev := c.reg.route(meta.TaskID)
 	c.noteEvicted(ev)
 	if !known {
@@ -202,6 +211,9 @@ func (c *consumer) handle(m inbound) {
 	}
 	switch e.DeliverWith(meta, func() { c.noteEvicted(c.reg.settled(meta.TaskID, e, meta)) }) {
 	case result.Settled:
+		if c.tel != nil {
+			c.tel.finished(e, meta)
+		}
 	case result.Duplicate:
 		c.log.Debug().Str("task_id", meta.TaskID).Str("status", string(meta.Status)).Msg("duplicate final state ignored")
 		c.stats.duplicates.Add(1)
@@ -209,7 +221,6 @@ func (c *consumer) handle(m inbound) {
 		c.log.Debug().Str("task_id", meta.TaskID).Str("status", string(meta.Status)).Msg("late state after the final one ignored")
 		c.stats.stale.Add(1)
 	}
-	c.mode.done(m, meta)
 }
 
 // noteEvicted counts cache evictions. Results somebody asked for are

@@ -8,6 +8,9 @@ import (
 
 	amqp091 "github.com/rabbitmq/amqp091-go"
 
+	"go.opentelemetry.io/otel/codes"
+	"go.opentelemetry.io/otel/trace"
+
 	"github.com/stalk-dev/stalk/internal/broker"
 	"github.com/stalk-dev/stalk/internal/celery"
 	"github.com/stalk-dev/stalk/result"
@@ -26,7 +29,20 @@ type sent struct {
 // links the results. Anything registered for a task that will not be
 // published is dropped under ctx: its reply queue is deleted if ctx
 // allows, and otherwise expires by itself.
-func (c *Client) dispatch(ctx context.Context, p *celery.Plan) (*sent, error) {
+func (c *Client) dispatch(ctx context.Context, p *celery.Plan) (_ *sent, err error) {
+	// One producer span per message; its context goes into the headers of
+	// every task of its chain before the messages are built.
+	spans := c.tel.startSends(ctx, p)
+	ended := 0
+	defer func() {
+		for _, sp := range spans[ended:] {
+			if err != nil {
+				sp.RecordError(err)
+				sp.SetStatus(codes.Error, err.Error())
+			}
+			sp.End()
+		}
+	}()
 	fr, err := c.planner.Freeze(p, c.cons.mode.queueFor)
 	if err != nil {
 		return nil, err
@@ -55,7 +71,15 @@ func (c *Client) dispatch(ctx context.Context, p *celery.Plan) (*sent, error) {
 		return nil, fmt.Errorf("reply queue: %w", err)
 	}
 	for i, m := range fr.Messages {
-		if err := c.publish(ctx, fr.First[i].Call, m); err != nil {
+		err := c.publish(ctx, spans[i], fr.First[i].Call, m)
+		if err == nil {
+			ch := fr.Chains[i]
+			last := ch.Tasks[len(ch.Tasks)-1]
+			c.tel.awaitResult(spans[i], entries[last], last.Name)
+			spans[i].End()
+			ended++
+		}
+		if err != nil {
 			var rest []*celery.Task
 			for _, ch := range fr.Chains[i:] {
 				rest = append(rest, ch.AllTasks()...)
@@ -70,12 +94,21 @@ func (c *Client) dispatch(ctx context.Context, p *celery.Plan) (*sent, error) {
 	return c.link(fr.Plan, entries), nil
 }
 
-// publish routes and publishes one task message, and its task-sent event.
-func (c *Client) publish(ctx context.Context, call *celery.Call, m *celery.Message) error {
+// publish routes and publishes one task message, and its task-sent event,
+// and records it on span.
+func (c *Client) publish(ctx context.Context, span trace.Span, call *celery.Call, m *celery.Message) (err error) {
 	r, err := c.route(ctx, call, m)
 	if err != nil {
 		return err
 	}
+	start := time.Now()
+	defer func() {
+		queue := call.Queue
+		if r.Queue != nil {
+			queue = r.Queue.Name
+		}
+		c.tel.published(ctx, span, m, r, queue, time.Since(start), err)
+	}()
 	pub := amqp091.Publishing{
 		Headers:         amqpTable(m.Headers),
 		ContentType:     "application/json",

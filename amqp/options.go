@@ -7,6 +7,9 @@ import (
 	"time"
 
 	"github.com/rs/zerolog"
+	"go.opentelemetry.io/otel/metric"
+	"go.opentelemetry.io/otel/propagation"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/stalk-dev/stalk/events"
 	"github.com/stalk-dev/stalk/internal/broker"
@@ -114,6 +117,10 @@ type config struct {
 	brokers   []string
 	failover  broker.Failover
 	replyType QueueType
+
+	tracerProvider trace.TracerProvider
+	meterProvider  metric.MeterProvider
+	propagator     propagation.TextMapPropagator
 
 	topo    celery.Topology
 	declare bool

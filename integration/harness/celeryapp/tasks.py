@@ -130,3 +130,12 @@ def types(*args, **kwargs):
     """The Python type of every argument, as the worker decoded the body."""
     return {"args": [type(a).__name__ for a in args],
             "kwargs": {k: type(v).__name__ for k, v in kwargs.items()}}
+
+
+@app.task(bind=True)
+def traceinfo(self, *args):
+    """The W3C trace context the message carried, where OpenTelemetry's
+    Celery instrumentation reads it (top-level headers become request
+    attributes); args are ignored, so that the task can be a chain step."""
+    return {"traceparent": getattr(self.request, "traceparent", None),
+            "tracestate": getattr(self.request, "tracestate", None)}
