@@ -53,7 +53,7 @@ func parseTaskArgs(raw []string) ([]any, error) {
 	return out, nil
 }
 
-// parseKwargs reads --kwargs, which must be a JSON object.
+// parseKwargs reads -k/--kwargs, which must be a JSON object.
 func parseKwargs(s string) (map[string]any, error) {
 	if strings.TrimSpace(s) == "" {
 		return nil, nil
@@ -97,24 +97,28 @@ func nativeNumbers(v any) any {
 	return v
 }
 
-// parseSeconds reads a relative time: seconds as a number ("10", "1.5",
-// Celery's form) or a Go duration ("10s", "1m30s").
+// parseSeconds reads a relative time for flag --flagName: seconds as a
+// number ("10", "1.5", Celery's form) or a Go duration ("10s", "1m30s").
 func parseSeconds(flagName, s string) (time.Duration, error) {
-	s = strings.TrimSpace(s)
-	if f, err := strconv.ParseFloat(s, 64); err == nil {
-		if f < 0 || f > 1e9 {
-			return 0, usagef("--%s %s is out of range", flagName, s)
-		}
-		return time.Duration(f * float64(time.Second)), nil
-	}
-	d, err := time.ParseDuration(s)
+	d, err := parseDuration(s)
 	if err != nil {
-		return 0, usagef("--%s %q: give seconds (10, 1.5) or a duration (30s, 2m)", flagName, s)
-	}
-	if d < 0 {
-		return 0, usagef("--%s %s is negative", flagName, s)
+		return 0, usagef("--%s %q: %v", flagName, strings.TrimSpace(s), err)
 	}
 	return d, nil
+}
+
+// parseArgsArray reads -a/--args, Celery's JSON array of positional
+// arguments.
+func parseArgsArray(s string) ([]any, error) {
+	v, err := parseJSON(s)
+	if err != nil {
+		return nil, usagef("--args %s is not valid JSON: %v; give an array such as '[2, 3]'", clip(s, 40), err)
+	}
+	l, ok := nativeNumbers(v).([]any)
+	if !ok {
+		return nil, usagef("--args must be a JSON array such as '[2, 3]', got %s", clip(s, 40))
+	}
+	return l, nil
 }
 
 // timeLayouts are the absolute time forms accepted, RFC 3339 first. Forms
@@ -157,20 +161,6 @@ func parseWhen(flagName, s string) (rel time.Duration, abs time.Time, err error)
 		return 0, time.Time{}, usagef("--%s %q: give seconds (60), a duration (10m) or a time (2025-06-01T12:00:00Z)", flagName, s)
 	}
 	return 0, t, nil
-}
-
-// listFlag is a repeatable, comma-separated flag.
-type listFlag []string
-
-func (l *listFlag) String() string { return strings.Join(*l, ",") }
-
-func (l *listFlag) Set(s string) error {
-	for _, p := range strings.Split(s, ",") {
-		if p = strings.TrimSpace(p); p != "" {
-			*l = append(*l, p)
-		}
-	}
-	return nil
 }
 
 func clip(s string, n int) string {

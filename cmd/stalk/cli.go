@@ -3,18 +3,17 @@ package main
 import (
 	"context"
 	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"net/url"
 	"os"
-	"sort"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/rs/zerolog"
+	"github.com/spf13/cobra"
 
 	"github.com/stalk-dev/stalk/internal/broker"
 	"github.com/stalk-dev/stalk/result"
@@ -23,7 +22,7 @@ import (
 // Exit codes. They are part of the CLI's contract: scripts test them.
 const (
 	exitOK          = 0   // success
-	exitFailed      = 1   // the task failed or was revoked; a worker replied with an error; nobody replied
+	exitFailed      = 1   // the task failed or was revoked; a worker replied with an error; nobody replied; purge aborted
 	exitUsage       = 2   // bad command line: unknown command or flag, bad JSON, bad duration
 	exitTimeout     = 3   // --timeout passed before the result was ready
 	exitBroker      = 4   // the broker is unreachable or refused the connection
@@ -35,6 +34,7 @@ const defaultBroker = "amqp://guest:guest@localhost:5672//"
 // env is what the CLI needs from the process: streams, whether they are
 // terminals, the environment. Tests build their own.
 type env struct {
+	stdin          io.Reader
 	stdout, stderr io.Writer
 	stdoutTTY      bool
 	stderrTTY      bool
@@ -45,6 +45,7 @@ type env struct {
 
 func newEnv() *env {
 	return &env{
+		stdin:     os.Stdin,
 		stdout:    os.Stdout,
 		stderr:    os.Stderr,
 		stdoutTTY: isTerminal(os.Stdout),
@@ -55,8 +56,8 @@ func newEnv() *env {
 	}
 }
 
-// globals are the flags accepted before the command (and, for
-// convenience, after it too).
+// globals are the root's persistent flags, accepted before or after the
+// command.
 type globals struct {
 	broker         string
 	json           bool
@@ -70,89 +71,61 @@ type app struct {
 	g    globals
 	log  zerolog.Logger
 	gate *gatedWriter
-	cmd  string // the running command, for messages
-}
+	cmd  string // the running command's path after "stalk", for messages
 
-// command is one subcommand.
-type command struct {
-	name    string
-	summary string
-	run     func(ctx context.Context, a *app, args []string) error
-}
-
-func commands() []command {
-	return []command{
-		{"call", "send a task and wait for its result", runCall},
-		{"result", "show the state and result of a task id", runResult},
-		{"revoke", "revoke tasks, terminating them if running", runRevoke},
-		{"ping", "ask the workers to answer", runPing},
-		{"inspect", "ask the workers what they run (active) or have revoked (revoked)", runInspect},
-		{"events", "follow Celery's event stream", runEvents},
-		{"graph", "print a task's dependency graph as DOT", runGraph},
-	}
+	jsonOut sync.Mutex // serialises JSON lines written from callbacks
 }
 
 // run is the whole CLI; it returns the exit code.
 func run(ctx context.Context, args []string, e *env) int {
+	if e.stdin == nil {
+		e.stdin = strings.NewReader("")
+	}
 	a := &app{env: e}
 	a.g.broker = defaultBrokerURL(e.getenv)
 	a.g.logLevel = "warn"
 	a.g.connectTimeout = 5 * time.Second
+	// --json decides how errors are reported, also errors met before the
+	// flag itself is parsed.
+	a.g.json = jsonRequested(args)
 
-	fs := flag.NewFlagSet("stalk", flag.ContinueOnError)
-	fs.SetOutput(io.Discard)
-	a.globalFlags(fs)
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			a.topUsage(e.stdout)
-			return exitOK
-		}
-		return a.fail(usagef("%v", err))
+	root := a.rootCommand()
+	root.SetArgs(protectNegatives(root, args))
+	root.SetOut(e.stdout)
+	root.SetErr(e.stderr)
+	root.SetIn(e.stdin)
+	cmd, err := root.ExecuteContextC(ctx)
+	if cmd != nil && a.cmd == "" {
+		a.cmd = strings.TrimPrefix(strings.TrimPrefix(cmd.CommandPath(), "stalk"), " ")
 	}
-	rest := fs.Args()
-	if len(rest) == 0 {
-		a.topUsage(e.stderr)
-		return exitUsage
-	}
-	name := rest[0]
-	if name == "help" {
-		if len(rest) > 1 {
-			return run(ctx, append(append([]string(nil), args[:len(args)-len(rest)]...), rest[1], "--help"), e)
-		}
-		a.topUsage(e.stdout)
+	if err == nil {
 		return exitOK
 	}
-	for _, c := range commands() {
-		if c.name == name {
-			a.cmd = name
-			err := c.run(ctx, a, rest[1:])
-			if err != nil {
-				if ctx.Err() != nil && !errors.Is(err, errHelp) {
-					if _, ok := err.(exitCode); !ok {
-						fmt.Fprintf(e.stderr, "stalk %s: interrupted\n", name)
-						return exitInterrupted
-					}
-				}
-				return a.fail(err)
-			}
-			return exitOK
+	if ctx.Err() != nil {
+		var code exitCode
+		var ue *usageError
+		if !errors.As(err, &code) && !errors.As(err, &ue) {
+			return a.fail(errInterrupted)
 		}
 	}
-	msg := fmt.Sprintf("unknown command %q", name)
-	if s := suggest(name); s != "" {
-		msg += fmt.Sprintf("; did you mean %q?", s)
-	}
-	return a.fail(usagef("%s (run 'stalk --help' for the list of commands)", msg))
+	return a.fail(err)
 }
 
-// globalFlags registers the global flags on fs. Each command's FlagSet
-// registers them too, with the values parsed so far as defaults, so that
-// "stalk call --json ..." works like "stalk --json call ...".
-func (a *app) globalFlags(fs *flag.FlagSet) {
-	fs.Var((*brokerFlag)(&a.g.broker), "broker", "broker `URL` (amqp:// or amqps://); default $STALK_BROKER_URL, then $CELERY_BROKER_URL, then "+broker.Redact(defaultBroker))
-	fs.BoolVar(&a.g.json, "json", a.g.json, "machine-readable output: one JSON object per line on stdout")
-	fs.StringVar(&a.g.logLevel, "log-level", a.g.logLevel, "library log `level` on stderr: debug, info, warn, error or disabled")
-	fs.DurationVar(&a.g.connectTimeout, "connect-timeout", a.g.connectTimeout, "give up connecting to the broker after this `duration`")
+// jsonRequested reports whether --json or -j is among args (before "--").
+func jsonRequested(args []string) bool {
+	for _, a := range args {
+		switch a {
+		case "--":
+			return false
+		case "--json", "-j", "--json=true", "--json=1":
+			return true
+		}
+		// Short flags combined: -jq is not a thing here, but -j=true is.
+		if a == "-j=true" {
+			return true
+		}
+	}
+	return false
 }
 
 func defaultBrokerURL(getenv func(string) string) string {
@@ -164,48 +137,66 @@ func defaultBrokerURL(getenv func(string) string) string {
 	return defaultBroker
 }
 
-// brokerFlag is a flag.Value whose String redacts the password, so that
-// --help never prints it.
+// brokerFlag is a pflag.Value whose String redacts the passwords, so that
+// --help never prints them.
 type brokerFlag string
 
 func (b *brokerFlag) String() string {
 	if b == nil {
 		return ""
 	}
-	return broker.Redact(string(*b))
+	return redactURLs(string(*b))
 }
 
 func (b *brokerFlag) Set(s string) error { *b = brokerFlag(s); return nil }
+func (b *brokerFlag) Type() string       { return "URL" }
 
-// brokerURL checks the broker URL and turns Celery's form into the one
-// amqp091 reads: Celery writes the default vhost "/" as a trailing "//";
-// amqp091 reads the path after the first "/" as the vhost, so "//" and
-// "/" both mean "/" there, and we send "/" for clarity. Other vhosts are
-// kept as they are ("/prod", "/%2Fprod").
-func normalizeBrokerURL(raw string) (string, error) {
-	raw = strings.TrimSpace(raw)
-	if raw == "" {
-		return "", usagef("--broker is empty: give an amqp:// URL, or set $STALK_BROKER_URL")
+// brokerURLs splits a broker setting into its URLs: Celery's form lists
+// failover brokers separated by ";".
+func brokerURLs(raw string) []string {
+	var out []string
+	for _, u := range strings.Split(raw, ";") {
+		if u = strings.TrimSpace(u); u != "" {
+			out = append(out, u)
+		}
 	}
-	u, err := url.Parse(raw)
-	if err != nil {
-		return "", usagef("--broker %s is not a valid URL: give one like %s", broker.Redact(raw), broker.Redact(defaultBroker))
-	}
-	if u.Scheme != "amqp" && u.Scheme != "amqps" {
-		return "", usagef("--broker %s: stalk speaks AMQP only; give an amqp:// or amqps:// URL", broker.Redact(raw))
-	}
-	if u.Host == "" {
-		return "", usagef("--broker %s has no host: give one like %s", broker.Redact(raw), broker.Redact(defaultBroker))
-	}
-	if u.Path == "//" && u.RawPath == "" {
-		u.Path = "/"
-		return u.String(), nil
-	}
-	return raw, nil
+	return out
 }
 
-// setup validates the global flags and builds the logger. Commands call
-// it after parsing their flags.
+// redactURLs redacts the password of every URL in a broker list.
+func redactURLs(raw string) string {
+	urls := brokerURLs(raw)
+	for i, u := range urls {
+		urls[i] = broker.Redact(u)
+	}
+	return strings.Join(urls, ";")
+}
+
+// checkBrokerURL checks every URL of the broker setting; the setting is
+// passed to the library as it is. Celery writes the default vhost "/" as a
+// trailing "//", which amqp091 reads as "/" too.
+func checkBrokerURL(raw string) error {
+	urls := brokerURLs(raw)
+	if len(urls) == 0 {
+		return usagef("--broker is empty: give an amqp:// URL, or set $STALK_BROKER_URL")
+	}
+	for _, one := range urls {
+		u, err := url.Parse(one)
+		if err != nil {
+			return usagef("--broker %s is not a valid URL: give one like %s", broker.Redact(one), broker.Redact(defaultBroker))
+		}
+		if u.Scheme != "amqp" && u.Scheme != "amqps" {
+			return usagef("--broker %s: stalk speaks AMQP only; give an amqp:// or amqps:// URL", broker.Redact(one))
+		}
+		if u.Host == "" {
+			return usagef("--broker %s has no host: give one like %s", broker.Redact(one), broker.Redact(defaultBroker))
+		}
+	}
+	return nil
+}
+
+// setup validates the global flags and builds the logger. It runs before
+// every command (the root's PersistentPreRunE).
 func (a *app) setup() error {
 	lvl, err := zerolog.ParseLevel(strings.ToLower(a.g.logLevel))
 	if err != nil || a.g.logLevel == "" {
@@ -214,7 +205,7 @@ func (a *app) setup() error {
 	if a.g.connectTimeout <= 0 {
 		return usagef("--connect-timeout must be positive, got %s", a.g.connectTimeout)
 	}
-	if _, err := normalizeBrokerURL(a.g.broker); err != nil {
+	if err := checkBrokerURL(a.g.broker); err != nil {
 		return err
 	}
 	var w io.Writer = a.stderr
@@ -255,11 +246,8 @@ func (g *gatedWriter) Write(p []byte) (int, error) {
 	return g.w.Write(p)
 }
 
-// url returns the normalized broker URL; setup has checked it.
-func (a *app) url() string {
-	u, _ := normalizeBrokerURL(a.g.broker)
-	return u
-}
+// url returns the broker setting, trimmed; setup has checked it.
+func (a *app) url() string { return strings.TrimSpace(a.g.broker) }
 
 // ---- errors and exit codes -------------------------------------------------
 
@@ -277,65 +265,109 @@ type brokerError struct{ msg string }
 
 func (e *brokerError) Error() string { return e.msg }
 
+// timeoutError is a wait that ran out: exit 3. ID and State say which task
+// and how far it got, for the JSON error object.
+type timeoutError struct {
+	msg   string
+	id    string
+	state string // the latest state seen, or ""
+}
+
+func (e *timeoutError) Error() string { return e.msg }
+
 // exitCode is an error that has been reported already; the CLI exits
 // with it and prints nothing more.
 type exitCode int
 
 func (e exitCode) Error() string { return fmt.Sprintf("exit status %d", int(e)) }
 
-// errHelp: --help was asked for and printed.
-var errHelp = errors.New("help printed")
+var errInterrupted = errors.New("interrupted")
 
-// fail prints err as one line on stderr and returns its exit code.
+// jsonError is the object --json prints on stdout for an error, as the
+// last line. Kind is usage, failed, timeout, broker or interrupted.
+type jsonError struct {
+	Event    string `json:"event"` // "error"
+	Kind     string `json:"error"`
+	ExitCode int    `json:"exit_code"`
+	Message  string `json:"message"`
+	Command  string `json:"command,omitempty"`
+	ID       string `json:"id,omitempty"`
+	State    string `json:"state,omitempty"`
+}
+
+// fail reports err and returns its exit code: one line on stderr, and,
+// with --json, a jsonError line on stdout.
 func (a *app) fail(err error) int {
 	var code exitCode
 	if errors.As(err, &code) {
 		return int(code)
 	}
-	if errors.Is(err, errHelp) {
-		return exitOK
-	}
 	prefix := "stalk"
 	if a.cmd != "" {
 		prefix += " " + a.cmd
 	}
-	// Library errors start with "stalk: "; our prefix says it already.
+	// Library errors start with "stalk: " and name the operation again
+	// ("revoke: ..."); our prefix says both already.
 	msg := a.redact(strings.ReplaceAll(oneLine(err.Error()), "stalk: ", ""))
+	if last := a.cmd[strings.LastIndex(a.cmd, " ")+1:]; last != "" {
+		msg = strings.TrimPrefix(msg, last+": ")
+	}
+	je := jsonError{Event: "error", Command: a.cmd}
 	var ue *usageError
 	var be *brokerError
+	var te *timeoutError
 	switch {
+	case errors.Is(err, errInterrupted):
+		je.Kind, je.ExitCode, msg = "interrupted", exitInterrupted, "interrupted"
 	case errors.As(err, &ue):
+		je.Kind, je.ExitCode = "usage", exitUsage
 		if a.cmd != "" && !strings.Contains(msg, "--help") {
 			msg += fmt.Sprintf(" (see 'stalk %s --help')", a.cmd)
+		} else if a.cmd == "" && !strings.Contains(msg, "--help") {
+			msg += " (see 'stalk --help')"
 		}
-		fmt.Fprintf(a.stderr, "%s: %s\n", prefix, msg)
-		return exitUsage
 	case errors.As(err, &be):
-		fmt.Fprintf(a.stderr, "%s: %s\n", prefix, msg)
-		return exitBroker
+		je.Kind, je.ExitCode = "broker", exitBroker
+	case errors.As(err, &te):
+		je.Kind, je.ExitCode, je.ID, je.State = "timeout", exitTimeout, te.id, te.state
 	case errors.Is(err, result.ErrTimeout):
-		fmt.Fprintf(a.stderr, "%s: %s\n", prefix, msg)
-		return exitTimeout
+		je.Kind, je.ExitCode = "timeout", exitTimeout
+	default:
+		je.Kind, je.ExitCode = "failed", exitFailed
 	}
 	fmt.Fprintf(a.stderr, "%s: %s\n", prefix, msg)
-	return exitFailed
+	if a.g.json {
+		je.Message = msg
+		a.jsonLine(je)
+	}
+	return je.ExitCode
 }
 
-// redact removes the broker password from a message, whatever form it
+// jsonLine writes one JSON line on stdout; it is safe to call from
+// callbacks.
+func (a *app) jsonLine(v any) {
+	a.jsonOut.Lock()
+	defer a.jsonOut.Unlock()
+	_ = writeJSONLine(a.stdout, v)
+}
+
+// redact removes the broker passwords from a message, whatever form they
 // took: escaped as in the URL, or decoded.
 func (a *app) redact(msg string) string {
-	user, pw := credentials(a.g.broker)
-	if pw == "" {
-		return msg
-	}
-	forms := []string{pw}
-	if dec, err := url.PathUnescape(pw); err == nil && dec != pw {
-		forms = append(forms, dec)
-	}
-	for _, f := range forms {
-		msg = strings.ReplaceAll(msg, ":"+f+"@", ":xxxxx@")
-		if len(f) >= 6 && f != user {
-			msg = strings.ReplaceAll(msg, f, "xxxxx")
+	for _, u := range brokerURLs(a.g.broker) {
+		user, pw := credentials(u)
+		if pw == "" {
+			continue
+		}
+		forms := []string{pw}
+		if dec, err := url.PathUnescape(pw); err == nil && dec != pw {
+			forms = append(forms, dec)
+		}
+		for _, f := range forms {
+			msg = strings.ReplaceAll(msg, ":"+f+"@", ":xxxxx@")
+			if len(f) >= 6 && f != user {
+				msg = strings.ReplaceAll(msg, f, "xxxxx")
+			}
 		}
 	}
 	return msg
@@ -375,7 +407,7 @@ func (a *app) connectError(ctx context.Context, err error) error {
 	if ctx.Err() != nil {
 		return ctx.Err()
 	}
-	where := broker.Redact(a.url())
+	where := redactURLs(a.url())
 	if errors.Is(err, broker.ErrAccessRefused) {
 		return &brokerError{msg: fmt.Sprintf("the broker at %s refused the connection (%v); check the user, password and vhost in --broker or $STALK_BROKER_URL", where, rootCause(err))}
 	}
@@ -403,197 +435,148 @@ func rootCause(err error) string {
 	}
 }
 
-// ---- flags and help ---------------------------------------------------------
+// ---- the command tree -------------------------------------------------------
 
-// cmdSpec describes a command for its --help.
-type cmdSpec struct {
-	name     string
-	synopsis string // after "stalk "
-	about    string // a paragraph
-	examples string // lines, indented by the printer
-}
-
-// newFlagSet returns a FlagSet for the command, with the global flags
-// registered on it.
-func (a *app) newFlagSet(spec cmdSpec) *flag.FlagSet {
-	fs := flag.NewFlagSet(spec.name, flag.ContinueOnError)
-	fs.SetOutput(io.Discard)
-	fs.Usage = func() {}
-	return fs
-}
-
-// parse parses a command's arguments, with flags allowed anywhere among
-// them (flag stops at the first positional argument; we keep going).
-// Arguments that look like negative numbers are positional, and so is
-// everything after "--". It prints the command's help for -h/--help.
-func (a *app) parse(fs *flag.FlagSet, spec cmdSpec, args []string) ([]string, error) {
-	a.globalFlags(fs)
-	pos, err := parseInterspersed(fs, args)
-	if err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			a.cmdUsage(a.stdout, fs, spec)
-			return nil, errHelp
-		}
-		return nil, usagef("%v", err)
-	}
-	if err := a.setup(); err != nil {
-		return nil, err
-	}
-	return pos, nil
-}
-
-func parseInterspersed(fs *flag.FlagSet, args []string) ([]string, error) {
-	var pos []string
-	for i := 0; i < len(args); i++ {
-		arg := args[i]
-		if arg == "--" {
-			pos = append(pos, args[i+1:]...)
-			break
-		}
-		if len(arg) < 2 || arg[0] != '-' || isNegativeNumber(arg) {
-			pos = append(pos, arg)
-			continue
-		}
-		name := strings.TrimLeft(arg, "-")
-		chunk := []string{arg}
-		// -name=value carries its value; -name takes the next argument
-		// unless it is a boolean flag.
-		if !strings.Contains(name, "=") {
-			if f := fs.Lookup(name); f != nil && !isBoolFlag(f) {
-				if i+1 >= len(args) {
-					return nil, fmt.Errorf("flag needs a value: -%s", name)
-				}
-				chunk = append(chunk, args[i+1])
-				i++
-			}
-		}
-		if err := fs.Parse(chunk); err != nil {
-			return nil, err
-		}
-		if fs.NArg() != 0 {
-			return nil, fmt.Errorf("unexpected argument %q", fs.Arg(0))
-		}
-	}
-	return pos, nil
-}
-
-func isBoolFlag(f *flag.Flag) bool {
-	b, ok := f.Value.(interface{ IsBoolFlag() bool })
-	return ok && b.IsBoolFlag()
-}
-
-func isNegativeNumber(s string) bool {
-	if len(s) < 2 || s[0] != '-' {
-		return false
-	}
-	return s[1] >= '0' && s[1] <= '9' || s[1] == '.'
-}
-
-func (a *app) topUsage(w io.Writer) {
-	fmt.Fprint(w, `stalk sends Celery tasks over RabbitMQ and awaits their results.
-
-Usage:
-  stalk [global flags] COMMAND [ARGS...] [flags]
-
-Commands:
-`)
-	for _, c := range commands() {
-		fmt.Fprintf(w, "  %-8s %s\n", c.name, c.summary)
-	}
-	fmt.Fprint(w, `
-Global flags (before or after the command):
-`)
-	fs := flag.NewFlagSet("stalk", flag.ContinueOnError)
-	a.globalFlags(fs)
-	printFlags(w, fs, nil)
-	fmt.Fprint(w, `
-Exit codes:
-  0 success; 1 the task failed or was revoked, or workers replied with an
-  error or not at all; 2 usage error; 3 timed out; 4 broker unreachable or
-  refused the connection; 130 interrupted.
-
-Examples:
-  stalk call tasks.add 2 3
-  stalk --broker amqp://user:pass@rabbit:5672/prod call reports.render '{"id": 7}' --timeout 30s
-  stalk call tasks.progress 10 0.2
+// rootCommand builds the command tree for one invocation.
+func (a *app) rootCommand() *cobra.Command {
+	var showVersion bool
+	root := &cobra.Command{
+		Use:   "stalk",
+		Short: "Send Celery tasks over RabbitMQ, follow their results, and control the workers",
+		Long: `stalk sends Celery tasks over RabbitMQ and awaits their results, and speaks
+Celery's remote control: the commands a Celery user knows from 'celery call',
+'celery inspect', 'celery control', 'celery status', 'celery purge' and
+'celery events', from one static binary, with exit codes scripts can test.`,
+		Example: `  stalk call tasks.add 2 3
+  stalk call tasks.add -a '[2, 3]' -q reports -t 30
+  stalk chain 'tasks.add 1 2' 'tasks.mul 10'
   stalk result 0b6e1f0c-3f0e-4a4e-9d1e-0f6c2a7d8e9f --wait
-  stalk revoke 0b6e1f0c-3f0e-4a4e-9d1e-0f6c2a7d8e9f --terminate --wait 1s
-  stalk ping
-  stalk events --tasks
-
-Run 'stalk COMMAND --help' for a command's flags and examples.
-`)
-}
-
-func (a *app) cmdUsage(w io.Writer, fs *flag.FlagSet, spec cmdSpec) {
-	fmt.Fprintf(w, "Usage:\n  stalk %s\n\n%s\n", spec.synopsis, strings.TrimSpace(spec.about))
-	global := map[string]bool{"broker": true, "json": true, "log-level": true, "connect-timeout": true}
-	fmt.Fprint(w, "\nFlags:\n")
-	printFlags(w, fs, func(f *flag.Flag) bool { return !global[f.Name] })
-	fmt.Fprint(w, "\nGlobal flags:\n")
-	printFlags(w, fs, func(f *flag.Flag) bool { return global[f.Name] })
-	if spec.examples != "" {
-		fmt.Fprint(w, "\nExamples:\n")
-		for _, l := range strings.Split(strings.TrimSpace(spec.examples), "\n") {
-			fmt.Fprintf(w, "  %s\n", strings.TrimSpace(l))
-		}
-	}
-}
-
-// printFlags prints flags in "--name value" form (flag's own printer shows
-// "-name"), sorted, with their defaults.
-func printFlags(w io.Writer, fs *flag.FlagSet, keep func(*flag.Flag) bool) {
-	var fl []*flag.Flag
-	fs.VisitAll(func(f *flag.Flag) {
-		if keep == nil || keep(f) {
-			fl = append(fl, f)
-		}
-	})
-	sort.Slice(fl, func(i, j int) bool { return fl[i].Name < fl[j].Name })
-	if len(fl) == 0 {
-		fmt.Fprintln(w, "  (none)")
-	}
-	for _, f := range fl {
-		arg, usage := flag.UnquoteUsage(f)
-		head := "  --" + f.Name
-		if arg != "" && !isBoolFlag(f) {
-			head += " " + arg
-		}
-		def := ""
-		if f.DefValue != "" && f.DefValue != "false" && f.DefValue != "0" && f.DefValue != "0s" && f.Name != "broker" {
-			def = fmt.Sprintf(" (default %s)", f.DefValue)
-		}
-		fmt.Fprintf(w, "%s\n      %s%s\n", head, usage, def)
-	}
-}
-
-// suggest returns the command closest to name, if it is close.
-func suggest(name string) string {
-	best, bestD := "", 3
-	for _, c := range commands() {
-		if d := editDistance(name, c.name); d < bestD {
-			best, bestD = c.name, d
-		}
-	}
-	return best
-}
-
-func editDistance(a, b string) int {
-	prev := make([]int, len(b)+1)
-	cur := make([]int, len(b)+1)
-	for j := range prev {
-		prev[j] = j
-	}
-	for i := 1; i <= len(a); i++ {
-		cur[0] = i
-		for j := 1; j <= len(b); j++ {
-			cost := 1
-			if a[i-1] == b[j-1] {
-				cost = 0
+  stalk status
+  stalk inspect active
+  stalk control rate_limit tasks.add 10/m
+  stalk -j events --tasks --duration 10`,
+		Args:              cobra.ArbitraryArgs,
+		SilenceErrors:     true,
+		SilenceUsage:      true,
+		CompletionOptions: cobra.CompletionOptions{DisableDefaultCmd: true},
+		PersistentPreRunE: func(cmd *cobra.Command, args []string) error {
+			a.cmd = strings.TrimPrefix(strings.TrimPrefix(cmd.CommandPath(), "stalk"), " ")
+			if isCompletion(cmd) {
+				return nil
 			}
-			cur[j] = min(prev[j]+1, cur[j-1]+1, prev[j-1]+cost)
-		}
-		prev, cur = cur, prev
+			return a.setup()
+		},
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if showVersion {
+				return a.printVersion()
+			}
+			if len(args) == 0 {
+				cmd.SetOut(a.stderr)
+				_ = cmd.Usage()
+				return exitCode(exitUsage)
+			}
+			name := restoreArg(args[0])
+			msg := fmt.Sprintf("unknown command %q", name)
+			if s := cmd.SuggestionsFor(name); len(s) > 0 {
+				msg += fmt.Sprintf("; did you mean %q?", s[0])
+			}
+			return usagef("%s (run 'stalk --help' for the list of commands)", msg)
+		},
 	}
-	return prev[len(b)]
+	root.SuggestionsMinimumDistance = 2
+	root.SetFlagErrorFunc(func(_ *cobra.Command, err error) error { return usagef("%s", err) })
+	pf := root.PersistentFlags()
+	pf.VarP((*brokerFlag)(&a.g.broker), "broker", "b", "broker `URL` (amqp:// or amqps://; several separated by \";\" to fail over); $STALK_BROKER_URL or $CELERY_BROKER_URL")
+	pf.BoolVarP(&a.g.json, "json", "j", a.g.json, "machine-readable output: one JSON object per line on stdout, errors included")
+	pf.StringVar(&a.g.logLevel, "log-level", a.g.logLevel, "library log `level` on stderr: debug, info, warn, error or disabled")
+	pf.Var(newSeconds(&a.g.connectTimeout, a.g.connectTimeout), "connect-timeout", "give up connecting to the broker after this many `seconds` (or a duration: 500ms, 1m)")
+	root.Flags().BoolVar(&showVersion, "version", false, "print stalk's version and build and exit")
+	_ = root.RegisterFlagCompletionFunc("log-level", fixedCompletion("debug", "info", "warn", "error", "disabled"))
+
+	root.AddGroup(
+		&cobra.Group{ID: "tasks", Title: "Tasks:"},
+		&cobra.Group{ID: "workers", Title: "Workers:"},
+		&cobra.Group{ID: "broker", Title: "Broker and events:"},
+	)
+	for _, c := range []*cobra.Command{a.callCommand(), a.chainCommand(), a.groupCommand(), a.applyCommand(), a.resultCommand(), a.graphCommand(), a.revokeCommand()} {
+		c.GroupID = "tasks"
+		root.AddCommand(c)
+	}
+	for _, c := range []*cobra.Command{a.statusCommand(), a.pingCommand(), a.inspectCommand(), a.controlCommand()} {
+		c.GroupID = "workers"
+		root.AddCommand(c)
+	}
+	for _, c := range []*cobra.Command{a.purgeCommand(), a.eventsCommand()} {
+		c.GroupID = "broker"
+		root.AddCommand(c)
+	}
+	root.AddCommand(a.completionCommand(root))
+	root.SetHelpCommandGroupID("")
+	setHelp(root)
+	return root
+}
+
+// isCompletion reports whether cmd is cobra's completion machinery, which
+// needs no broker.
+func isCompletion(cmd *cobra.Command) bool {
+	for c := cmd; c != nil; c = c.Parent() {
+		switch c.Name() {
+		case "completion", cobra.ShellCompRequestCmd, cobra.ShellCompNoDescRequestCmd, "help":
+			return true
+		}
+	}
+	return false
+}
+
+// fixedCompletion completes a flag or argument from a fixed list.
+func fixedCompletion(values ...string) func(*cobra.Command, []string, string) ([]string, cobra.ShellCompDirective) {
+	return func(*cobra.Command, []string, string) ([]string, cobra.ShellCompDirective) {
+		return values, cobra.ShellCompDirectiveNoFileComp
+	}
+}
+
+// completionCommand prints a shell completion script, made by cobra from
+// the command tree: commands, flags, inspect and control methods, and the
+// values of --queue-type, --mode and the like.
+func (a *app) completionCommand(root *cobra.Command) *cobra.Command {
+	return &cobra.Command{
+		Use:   "completion bash|zsh|fish|powershell",
+		Short: "Print a shell completion script",
+		Long: `Print the completion script for the given shell on stdout. Load it for this
+session, or install it for every session:
+
+  bash:  source <(stalk completion bash)
+         stalk completion bash > /etc/bash_completion.d/stalk
+  zsh:   source <(stalk completion zsh)
+         stalk completion zsh > "${fpath[1]}/_stalk"
+  fish:  stalk completion fish | source
+         stalk completion fish > ~/.config/fish/completions/stalk.fish
+
+The bash script needs the bash-completion package.`,
+		Example: `  source <(stalk completion bash)
+  stalk completion zsh > "${fpath[1]}/_stalk"`,
+		ValidArgs: []string{"bash", "zsh", "fish", "powershell"},
+		Args: func(cmd *cobra.Command, args []string) error {
+			if len(args) != 1 {
+				return usagef("give one shell: bash, zsh, fish or powershell")
+			}
+			switch args[0] {
+			case "bash", "zsh", "fish", "powershell":
+				return nil
+			}
+			return usagef("no completion for shell %q: give bash, zsh, fish or powershell", args[0])
+		},
+		RunE: func(cmd *cobra.Command, args []string) error {
+			switch args[0] {
+			case "bash":
+				return root.GenBashCompletionV2(a.stdout, true)
+			case "zsh":
+				return root.GenZshCompletion(a.stdout)
+			case "fish":
+				return root.GenFishCompletion(a.stdout, true)
+			default:
+				return root.GenPowerShellCompletionWithDesc(a.stdout)
+			}
+		},
+	}
 }

@@ -10,45 +10,53 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"github.com/spf13/cobra"
+
 	"github.com/stalk-dev/stalk/events"
 	"github.com/stalk-dev/stalk/result"
 )
 
-var eventsSpec = cmdSpec{
-	name:     "events",
-	synopsis: "events [--tasks] [--duration D] [--heartbeats]",
-	about: `Follow Celery's event stream: one line per event with its time, type, task,
+func (a *app) eventsCommand() *cobra.Command {
+	var (
+		tasks, heartbeats bool
+		duration, refresh time.Duration
+	)
+	cmd := &cobra.Command{
+		Use:   "events [flags]",
+		Short: "Follow Celery's event stream, or a live table of tasks and workers (celery events)",
+		Long: `Follow Celery's event stream: one line per event with its time, type, task,
 worker and state. Workers send task events only when started with -E (or
-after 'celery control enable_events').
+after 'stalk control enable_events').
 
-With --tasks, show a table of task states instead, refreshed in place when
-stdout is a terminal, and printed once at the end otherwise. --duration stops
-after the given time; Ctrl-C stops too. Worker heartbeats (every 2 s per
-worker) are left out unless --heartbeats. With --json, each event is one JSON
-object with the same fields and the event as the worker sent it.`,
-	examples: `
-stalk events
-stalk events --tasks
-stalk events --duration 10s > events.log
-stalk --json events | jq -c 'select(.type == "task-failed")'`,
+With --tasks, show a table instead, refreshed in place when stdout is a
+terminal and printed once at the end otherwise: the workers (alive or offline
+by their heartbeats, tasks active now, tasks processed, last heartbeat), then
+the tasks, most recent first. --duration stops after the given time; Ctrl-C
+stops too. Worker heartbeats (every 2 s per worker) are left out of the stream
+unless --heartbeats. With --json, each event is one JSON object with the same
+fields and the event as the worker sent it; with --tasks --json, one object
+per worker ("event": "worker") and per task ("event": "task") at the end.`,
+		Example: `  stalk events
+  stalk events --tasks
+  stalk events --duration 10 > events.log
+  stalk -j events | jq -c 'select(.type == "task-failed")'`,
+		Args: noArgs("events", "see --help for its flags"),
+		RunE: runE(func(cmd *cobra.Command, _ []string) error {
+			if refresh <= 0 {
+				return usagef("--refresh must be positive")
+			}
+			return a.runEvents(cmd.Context(), tasks, heartbeats, duration, refresh)
+		}),
+	}
+	fs := cmd.Flags()
+	fs.BoolVar(&tasks, "tasks", false, "show a table of workers and task states instead of the event stream")
+	secondsFlag(fs, &duration, "duration", "", 0, "stop after this many `seconds` (default: until Ctrl-C)")
+	fs.BoolVar(&heartbeats, "heartbeats", false, "include worker-heartbeat events in the stream")
+	secondsFlag(fs, &refresh, "refresh", "", 500*time.Millisecond, "with --tasks on a terminal: redraw the table this often, in `seconds`")
+	return cmd
 }
 
-func runEvents(ctx context.Context, a *app, args []string) error {
-	fs := a.newFlagSet(eventsSpec)
-	tasks := fs.Bool("tasks", false, "show a table of task states instead of the event stream")
-	duration := fs.Duration("duration", 0, "stop after this `duration` (default: until Ctrl-C)")
-	heartbeats := fs.Bool("heartbeats", false, "include worker-heartbeat events")
-	refresh := fs.Duration("refresh", 500*time.Millisecond, "with --tasks on a terminal: redraw the table this often")
-	pos, err := a.parse(fs, eventsSpec, args)
-	if err != nil {
-		return err
-	}
-	if len(pos) > 0 {
-		return usagef("events takes no arguments")
-	}
-	if *duration < 0 || *refresh <= 0 {
-		return usagef("--duration must not be negative and --refresh must be positive")
-	}
+func (a *app) runEvents(ctx context.Context, tasks, heartbeats bool, duration, refresh time.Duration) error {
 	cctx, cancel := context.WithTimeout(ctx, a.g.connectTimeout)
 	recv, err := events.Dial(cctx, a.url(), events.WithLogger(a.log), events.ConnectionName("stalk-cli-events"))
 	cancel()
@@ -59,28 +67,28 @@ func runEvents(ctx context.Context, a *app, args []string) error {
 	defer recv.Close()
 
 	runCtx := ctx
-	if *duration > 0 {
+	if duration > 0 {
 		var stop context.CancelFunc
-		runCtx, stop = context.WithTimeout(ctx, *duration)
+		runCtx, stop = context.WithTimeout(ctx, duration)
 		defer stop()
 	}
 	st := events.NewState()
 	var mu sync.Mutex // serialises writes to stdout
-	live := *tasks && a.stdoutTTY && !a.g.json
+	live := tasks && a.stdoutTTY && !a.g.json
 	handler := func(ev events.Event) {
 		st.Apply(ev)
-		if *tasks {
+		if tasks {
 			return
 		}
 		h := ev.EventHeader()
-		if h.Type == events.TypeWorkerHeartbeat && !*heartbeats {
+		if h.Type == events.TypeWorkerHeartbeat && !heartbeats {
 			return
 		}
 		line := eventLine(ev, st, a.now())
 		mu.Lock()
 		defer mu.Unlock()
 		if a.g.json {
-			_ = writeJSONLine(a.stdout, line)
+			a.jsonLine(line)
 			return
 		}
 		fmt.Fprintln(a.stdout, line.text())
@@ -90,10 +98,10 @@ func runEvents(ctx context.Context, a *app, args []string) error {
 		return fmt.Errorf("subscribe to events: %w", err)
 	}
 	if !a.g.json {
-		fmt.Fprintf(a.stderr, "listening for events on %s (Ctrl-C to stop)\n", redactedURL(a))
+		fmt.Fprintf(a.stderr, "listening for events on %s (Ctrl-C to stop)\n", redactURLs(a.url()))
 	}
 	if live {
-		t := time.NewTicker(*refresh)
+		t := time.NewTicker(refresh)
 		defer t.Stop()
 		for done := false; !done; {
 			select {
@@ -101,29 +109,31 @@ func runEvents(ctx context.Context, a *app, args []string) error {
 			case <-sub.Closed():
 				done = true
 			}
-			drawTaskTable(a.stdout, st.Tasks(nil), a.now(), true)
+			drawTables(a.stdout, st.Workers(), st.Tasks(nil), a.now(), true)
 		}
 	} else {
 		<-sub.Closed()
 	}
 	// Close waits for the handler to return: nothing writes after this.
 	_ = recv.Close()
-	if *tasks && !live {
-		ts := st.Tasks(nil)
+	if tasks && !live {
+		ws, ts := st.Workers(), st.Tasks(nil)
 		if a.g.json {
+			for _, w := range ws {
+				a.jsonLine(newJSONWorker(w))
+			}
 			for _, t := range ts {
-				if err := writeJSONLine(a.stdout, newJSONTask(t)); err != nil {
-					return err
-				}
+				a.jsonLine(newJSONTask(t))
 			}
 		} else {
-			drawTaskTable(a.stdout, ts, a.now(), false)
+			drawTables(a.stdout, ws, ts, a.now(), false)
 		}
+	}
+	if ctx.Err() != nil {
+		return ctx.Err()
 	}
 	return nil
 }
-
-func redactedURL(a *app) string { return a.redact(a.url()) }
 
 // jsonEvent is one event line, as text or JSON.
 type jsonEvent struct {
@@ -217,6 +227,7 @@ func clipText(s string, n int) string {
 
 // jsonTask is one task of --tasks --json.
 type jsonTask struct {
+	Event     string    `json:"event"` // "task"
 	ID        string    `json:"id"`
 	Name      string    `json:"name,omitempty"`
 	State     string    `json:"state"`
@@ -230,7 +241,7 @@ type jsonTask struct {
 }
 
 func newJSONTask(t events.Task) jsonTask {
-	return jsonTask{ID: t.ID, Name: t.Name, State: string(t.State), Worker: t.Worker, Args: t.Args, Kwargs: t.Kwargs,
+	return jsonTask{Event: "task", ID: t.ID, Name: t.Name, State: string(t.State), Worker: t.Worker, Args: t.Args, Kwargs: t.Kwargs,
 		Result: t.Result, Exception: t.Exception, Runtime: t.Runtime.Seconds(), Updated: t.Updated}
 }
 
@@ -254,14 +265,73 @@ func taskInfo(t events.Task) string {
 // maxTableRows bounds the refreshing table to what fits a screen.
 const maxTableRows = 40
 
-// drawTaskTable prints the tasks, most recently updated first. With
-// clear, it first clears the screen, for the refreshing view.
-func drawTaskTable(w io.Writer, ts []events.Task, now time.Time, clear bool) {
+// jsonWorker is one worker of --tasks --json.
+type jsonWorker struct {
+	Event         string     `json:"event"` // "worker"
+	Hostname      string     `json:"hostname"`
+	Alive         bool       `json:"alive"`
+	Online        bool       `json:"online"`
+	Active        int        `json:"active"`
+	Processed     int        `json:"processed"`
+	LastHeartbeat *time.Time `json:"last_heartbeat"`
+	Software      string     `json:"software,omitempty"`
+}
+
+func newJSONWorker(w events.Worker) jsonWorker {
+	out := jsonWorker{Event: "worker", Hostname: w.Hostname, Alive: w.Alive, Online: w.Online, Active: w.Active, Processed: w.Processed}
+	if n := len(w.Heartbeats); n > 0 {
+		out.LastHeartbeat = &w.Heartbeats[n-1]
+	}
+	if w.SWIdent != "" {
+		out.Software = w.SWIdent + " " + w.SWVer
+	}
+	return out
+}
+
+// workerStatus says whether a worker is alive by its heartbeats.
+func workerStatus(w events.Worker) string {
+	switch {
+	case w.Alive:
+		return "alive"
+	case !w.Online:
+		return "offline"
+	default:
+		return "lost" // no heartbeat for two periods
+	}
+}
+
+// drawTables prints the worker pane and the task table. With clear, it
+// first clears the screen, for the refreshing view.
+func drawTables(w io.Writer, ws []events.Worker, ts []events.Task, now time.Time, clear bool) {
 	var b strings.Builder
 	if clear {
 		b.WriteString("\x1b[H\x1b[2J")
-		fmt.Fprintf(&b, "stalk events --tasks  %s  %s (Ctrl-C to stop)\n\n", now.Local().Format("15:04:05"), plural(len(ts), "task", "tasks"))
+		fmt.Fprintf(&b, "stalk events --tasks  %s  %s, %s (Ctrl-C to stop)\n\n", now.Local().Format("15:04:05"),
+			plural(len(ws), "worker", "workers"), plural(len(ts), "task", "tasks"))
 	}
+	tw := tabwriter.NewWriter(&b, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "WORKER\tSTATUS\tACTIVE\tPROCESSED\tHEARTBEAT")
+	if len(ws) == 0 {
+		fmt.Fprintln(tw, "(none seen yet)\t\t\t\t")
+	}
+	for i := len(ws) - 1; i >= 0; i-- {
+		wk := ws[i]
+		hb := "-"
+		if n := len(wk.Heartbeats); n > 0 {
+			hb = fmtDuration(now.Sub(wk.Heartbeats[n-1])) + " ago"
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%d\t%d\t%s\n", wk.Hostname, workerStatus(wk), wk.Active, wk.Processed, hb)
+	}
+	_ = tw.Flush()
+	b.WriteString("\n")
+	drawTaskTable(&b, ts, now, clear)
+	_, _ = io.WriteString(w, b.String())
+}
+
+// drawTaskTable prints the tasks, most recently updated first. With
+// clear (the refreshing view), at most maxTableRows of them.
+func drawTaskTable(w io.Writer, ts []events.Task, now time.Time, clear bool) {
+	var b strings.Builder
 	tw := tabwriter.NewWriter(&b, 0, 4, 2, ' ', 0)
 	fmt.Fprintln(tw, "UPDATED\tSTATE\tTASK\tID\tWORKER\tRUNTIME\tINFO")
 	shown := 0

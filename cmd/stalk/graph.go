@@ -8,54 +8,60 @@ import (
 	"time"
 
 	amqp091 "github.com/rabbitmq/amqp091-go"
+	"github.com/spf13/cobra"
 
 	"github.com/stalk-dev/stalk/amqp"
 	"github.com/stalk-dev/stalk/result"
 )
 
-var graphSpec = cmdSpec{
-	name:     "graph",
-	synopsis: "graph ID [--wait] [--timeout D] [--plain]",
-	about: `Print the dependency graph below task ID as DOT (Graphviz): the task, the
+func (a *app) graphCommand() *cobra.Command {
+	var (
+		wait, plain, keep bool
+		timeout           time.Duration
+		rf                replyFlags
+	)
+	cmd := &cobra.Command{
+		Use:   "graph ID [flags]",
+		Short: "Print a task's dependency graph as DOT, or JSON with --json",
+		Long: `Print the dependency graph below task ID as DOT (Graphviz): the task, the
 tasks it reported as children (the next step of a chain, the members of a
 group, subtasks), their children, and so on, with an edge from each task to
-each child.
+each child. With --json it prints one JSON object instead: {"root": ID,
+"nodes": [{"id", "kind", "name", "state"}...], "edges": [{"from", "to"}...]}.
 
 Children are listed in a task's final state, so graph reads each task's
-per-task reply queue as 'stalk result' does. Give the id of a chain's first
-step to see the whole chain. A task that is not ready yet is drawn (in
-yellow) without its children; with --wait, graph waits for every task first.
-Nodes are labelled with their id and state, and coloured by state (red
+per-task reply queue as 'stalk result' does, and deletes the queues it read
+unless --keep. Give the id of a chain's first step to see the whole chain
+('stalk chain ... --no-wait' prints it). A task that is not ready yet is drawn
+(in yellow) without its children; with --wait, graph waits for every task
+first. Nodes are labelled with their id and state, and coloured by state (red
 FAILURE, grey REVOKED, yellow not ready); --plain draws Celery's default
 style, labelled by id only.
 
-Exit status: 0 success, 2 usage error, 3 --timeout passed with --wait, 4
-broker unreachable, 1 when no result is stored for ID.`,
-	examples: `
-stalk graph 0b6e1f0c-3f0e-4a4e-9d1e-0f6c2a7d8e9f
-stalk graph 0b6e1f0c-3f0e-4a4e-9d1e-0f6c2a7d8e9f --wait --timeout 1m | dot -Tsvg > graph.svg`,
+Exit status: 0 success, 1 when no result is stored for ID, 2 usage error, 3
+--timeout passed with --wait, 4 broker unreachable.`,
+		Example: `  stalk graph 0b6e1f0c-3f0e-4a4e-9d1e-0f6c2a7d8e9f
+  stalk graph 0b6e1f0c-3f0e-4a4e-9d1e-0f6c2a7d8e9f --wait -t 60 | dot -Tsvg > graph.svg
+  stalk -j graph 0b6e1f0c-3f0e-4a4e-9d1e-0f6c2a7d8e9f | jq '.edges[]'`,
+		Args:              exactlyOneID("graph"),
+		ValidArgsFunction: noFileCompletion,
+		RunE: runE(func(cmd *cobra.Command, args []string) error {
+			if timeout > 0 {
+				wait = true
+			}
+			return a.runGraph(cmd.Context(), args[0], wait, plain, keep, timeout, &rf)
+		}),
+	}
+	fs := cmd.Flags()
+	fs.BoolVarP(&wait, "wait", "w", false, "wait until every task in the graph is ready")
+	secondsFlag(fs, &timeout, "timeout", "t", 0, "with --wait: stop waiting after this many `seconds` and exit 3 (implies --wait)")
+	fs.BoolVar(&plain, "plain", false, "Celery's default style: nodes labelled by id, not coloured by state")
+	fs.BoolVar(&keep, "keep", false, "keep the results on the broker after printing them (default: delete the reply queues read)")
+	a.addReplyFlags(fs, &rf)
+	return cmd
 }
 
-func runGraph(ctx context.Context, a *app, args []string) error {
-	fs := a.newFlagSet(graphSpec)
-	wait := fs.Bool("wait", false, "wait until every task in the graph is ready")
-	timeout := fs.Duration("timeout", 0, "with --wait: stop waiting after this `duration` and exit 3 (default: no limit)")
-	plain := fs.Bool("plain", false, "Celery's default style: nodes labelled by id, not coloured by state")
-	rf := addReplyFlags(fs)
-	pos, err := a.parse(fs, graphSpec, args)
-	if err != nil {
-		return err
-	}
-	if len(pos) != 1 {
-		return usagef("give exactly one task ID, e.g. 'stalk graph 0b6e1f0c-3f0e-4a4e-9d1e-0f6c2a7d8e9f'")
-	}
-	if *timeout < 0 {
-		return usagef("--timeout must not be negative")
-	}
-	if *timeout > 0 {
-		*wait = true
-	}
-	id := pos[0]
+func (a *app) runGraph(ctx context.Context, id string, wait, plain, keep bool, timeout time.Duration, rf *replyFlags) error {
 	opts, err := rf.options()
 	if err != nil {
 		return err
@@ -65,42 +71,110 @@ func runGraph(ctx context.Context, a *app, args []string) error {
 		return err
 	}
 	defer c.Close()
-	if !*wait {
-		ok, err := c.AsyncResult(id).Exists(ctx)
-		if err != nil {
-			if ctx.Err() != nil {
-				return ctx.Err()
-			}
-			return fmt.Errorf("look up %s: %w", id, err)
+	qi, err := c.QueueInfo(ctx, c.ReplyQueue(id))
+	if err != nil {
+		if ctx.Err() != nil {
+			return ctx.Err()
 		}
-		if !ok {
-			return fmt.Errorf("no result stored for %s: the task is unknown, not finished, or its result expired; use --wait to wait for it", id)
-		}
+		return fmt.Errorf("look up %s: %w", id, err)
+	}
+	if !qi.Exists {
+		return fmt.Errorf("no result stored for %s: there is no reply queue %s, so the id is unknown, or its result expired or was deleted after it was read", id, c.ReplyQueue(id))
 	}
 	wctx := ctx
-	if *timeout > 0 {
+	if timeout > 0 {
 		var cancel context.CancelFunc
-		wctx, cancel = context.WithTimeout(ctx, *timeout)
+		wctx, cancel = context.WithTimeout(ctx, timeout)
 		defer cancel()
 	}
 	root := c.AsyncResult(id)
-	g, err := walkGraph(wctx, root, *wait)
+	g, err := walkGraph(wctx, root, wait)
 	if err != nil {
 		if errors.Is(err, result.ErrTimeout) && ctx.Err() == nil {
-			fmt.Fprintf(a.stderr, "stalk graph: timed out after %s waiting for the tasks below %s\n", *timeout, id)
-			return exitCode(exitTimeout)
+			return &timeoutError{id: id, msg: fmt.Sprintf("timed out after %s waiting for the tasks below %s", fmtDuration(timeout), id)}
 		}
 		if ctx.Err() != nil {
 			return ctx.Err()
 		}
 		return explainReplyErr(err)
 	}
-	f := result.DefaultFormatter()
-	if !*plain {
-		f.Label = nodeLabel
-		f.NodeAttrs = result.StateAttrs
+	if a.g.json {
+		a.jsonLine(graphJSON(g))
+	} else {
+		f := result.DefaultFormatter()
+		if !plain {
+			f.Label = nodeLabel
+			f.NodeAttrs = result.StateAttrs
+		}
+		if err := g.WriteDOT(a.stdout, f); err != nil {
+			return err
+		}
 	}
-	return g.WriteDOT(a.stdout, f)
+	if !keep {
+		nodes := g.Nodes()
+		for _, e := range g.Edges() {
+			nodes = append(nodes, e.To)
+		}
+		for _, n := range nodes {
+			if r, ok := n.(*result.AsyncResult); ok && r.Ready() {
+				_ = r.Forget(ctx)
+			}
+		}
+	}
+	return nil
+}
+
+// jsonGraph is graph's --json object.
+type jsonGraph struct {
+	Root  string     `json:"root"`
+	Nodes []jsonNode `json:"nodes"`
+	Edges []jsonEdge `json:"edges"`
+}
+
+type jsonNode struct {
+	ID    string `json:"id"`
+	Kind  string `json:"kind"` // "task" or "group"
+	Name  string `json:"name,omitempty"`
+	State string `json:"state"`
+}
+
+type jsonEdge struct {
+	From string `json:"from"`
+	To   string `json:"to"`
+}
+
+func graphJSON(g *result.Graph) jsonGraph {
+	out := jsonGraph{Nodes: []jsonNode{}, Edges: []jsonEdge{}}
+	if r := g.Root(); r != nil {
+		out.Root = r.ID()
+	}
+	seen := map[string]bool{}
+	add := func(n result.Result) {
+		if seen[n.ID()] {
+			return
+		}
+		seen[n.ID()] = true
+		switch x := n.(type) {
+		case *result.AsyncResult:
+			out.Nodes = append(out.Nodes, jsonNode{ID: x.ID(), Kind: "task", Name: x.Name(), State: string(x.State())})
+		case *result.GroupResult:
+			st := "PENDING"
+			if x.Ready() {
+				st = "READY"
+			}
+			out.Nodes = append(out.Nodes, jsonNode{ID: x.ID(), Kind: "group", State: st})
+		default:
+			out.Nodes = append(out.Nodes, jsonNode{ID: n.ID(), Kind: "task"})
+		}
+	}
+	for _, n := range g.Nodes() {
+		add(n)
+	}
+	for _, e := range g.Edges() {
+		add(e.To)
+		out.Edges = append(out.Edges, jsonEdge{From: e.From.ID(), To: e.To.ID()})
+	}
+	return out
 }
 
 // walkGraph builds the graph below root as Celery's build_graph does, but
@@ -171,33 +245,6 @@ func nodeLabel(n result.Result) string {
 		return fmt.Sprintf("group %s\n%d tasks, %s", x.ID(), x.Len(), state)
 	}
 	return n.ID()
-}
-
-// replyFlags are the reply-queue settings that must match the sender's
-// for 'result' and 'graph' to attach to its per-task queues.
-type replyFlags struct {
-	expires time.Duration
-	prefix  string
-}
-
-func addReplyFlags(fs interface {
-	DurationVar(*time.Duration, string, time.Duration, string)
-	StringVar(*string, string, string, string)
-}) *replyFlags {
-	rf := &replyFlags{}
-	fs.DurationVar(&rf.expires, "result-expires", 24*time.Hour, "lifetime of unused per-task reply queues; must match the sender's (WithResultExpires)")
-	fs.StringVar(&rf.prefix, "reply-prefix", "stalk.reply.", "name `prefix` of per-task reply queues; must match the sender's (WithReplyQueuePrefix)")
-	return rf
-}
-
-func (rf *replyFlags) options() ([]amqp.Option, error) {
-	if rf.expires < time.Second {
-		return nil, usagef("--result-expires must be at least 1s")
-	}
-	if rf.prefix == "" {
-		return nil, usagef("--reply-prefix must not be empty")
-	}
-	return []amqp.Option{amqp.WithResultExpires(rf.expires), amqp.WithReplyQueuePrefix(rf.prefix)}, nil
 }
 
 // explainReplyErr adds what to do when a reply queue exists with other

@@ -166,7 +166,10 @@ func renderLine(s lineState, width int) string {
 			icon = "✖"
 		}
 	}
-	head := icon + " " + s.Name + " " + string(s.State)
+	head := icon + " " + string(s.State)
+	if s.Name != "" {
+		head = icon + " " + s.Name + " " + string(s.State)
+	}
 	tail := "  " + fmtDuration(s.Elapsed)
 	var mid string
 	switch {

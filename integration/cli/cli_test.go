@@ -92,6 +92,18 @@ func TestCLICallTimeout(t *testing.T) {
 	o = stalk(t, ctx, append([]string{"result", id, "--wait", "--timeout", "20s"}, replyArgs()...)...)
 	require.Equal(t, 0, o.code, o)
 	assert.Contains(t, o.stdout, "result  2\n")
+
+	// With --json the timeout is the closing line, on stdout; bare
+	// seconds work for -t.
+	o = call(t, ctx, "tasks.slow", "2", "-t", "0.5", "--json")
+	require.Equal(t, 3, o.code, o)
+	lines := jsonLines(t, o.stdout)
+	last := lines[len(lines)-1]
+	assert.Equal(t, "error", last["event"])
+	assert.Equal(t, "timeout", last["error"])
+	assert.Equal(t, json.Number("3"), last["exit_code"])
+	assert.Equal(t, lines[0]["id"], last["id"])
+	assert.Contains(t, last["message"], "timed out after 500ms")
 }
 
 func TestCLICallUsageErrors(t *testing.T) {
@@ -205,12 +217,13 @@ func TestCLIResultFromSecondInvocation(t *testing.T) {
 	res := func(args ...string) out {
 		return stalk(t, ctx, append(append([]string{"result", id}, args...), replyArgs()...)...)
 	}
-	o = res("--wait", "--timeout", "20s")
+	o = res("--wait", "--timeout", "20", "--keep")
 	require.Equal(t, 0, o.code, o)
 	assert.Contains(t, o.stdout, "state   SUCCESS\n")
 	assert.Contains(t, o.stdout, "result  42\n")
+	assert.Equal(t, 1, strings.Count(o.stdout+o.stderr, id), "the id once: %s", o)
 
-	// Another process, later, without waiting: the final state is stored.
+	// Another process, later, without waiting: the final state was kept.
 	o = res("--json")
 	require.Equal(t, 0, o.code, o)
 	lines := jsonLines(t, o.stdout)
@@ -219,6 +232,18 @@ func TestCLIResultFromSecondInvocation(t *testing.T) {
 	assert.Equal(t, "SUCCESS", lines[0]["state"])
 	assert.Equal(t, true, lines[0]["ready"])
 	assert.Equal(t, json.Number("42"), lines[0]["result"])
+
+	// That reader did not --keep it: the reply queue is gone, and a third
+	// reader is told so.
+	_, exists := harness.InspectQueue(t, replyPrefix+id)
+	assert.False(t, exists, "the reply queue is deleted once the result is printed")
+	o = res()
+	require.Equal(t, 0, o.code, o)
+	assert.Contains(t, o.stdout, "state  PENDING\n")
+	assert.Contains(t, o.stdout, "deleted after it was read")
+	o = res("--wait", "-t", "5")
+	assert.Equal(t, 1, o.code, "nothing to wait for: %s", o)
+	assert.Contains(t, o.stderr, "nothing to wait for")
 
 	// A failure read back: exit 1, the traceback on stderr.
 	o = call(t, ctx, "tasks.boom", "later", "--no-wait")
@@ -325,6 +350,10 @@ func TestCLIEvents(t *testing.T) {
 
 	tab := table.wait(t)
 	assert.Regexp(t, `(?m)^\S+\s+SUCCESS\s+tasks\.add\s+`+id+`\s+`+regexp.QuoteMeta(worker.Hostname), tab)
+	// The worker pane: our worker alive, having processed at least this
+	// task, with a heartbeat seconds ago.
+	assert.Regexp(t, `(?m)^WORKER\s+STATUS\s+ACTIVE\s+PROCESSED\s+HEARTBEAT$`, tab)
+	assert.Regexp(t, `(?m)^`+regexp.QuoteMeta(worker.Hostname)+`\s+alive\s+\d+\s+[1-9]\d*\s+\d+(\.\d)?m?s ago$`, tab)
 }
 
 func TestCLIGraphChain(t *testing.T) {
@@ -348,7 +377,7 @@ func TestCLIGraphChain(t *testing.T) {
 	first := second.Parent()
 	require.NotNil(t, first)
 
-	o := stalk(t, ctx, append([]string{"graph", first.ID(), "--wait", "--timeout", "20s"}, replyArgs()...)...)
+	o := stalk(t, ctx, append([]string{"graph", first.ID(), "--wait", "--timeout", "20", "--keep"}, replyArgs()...)...)
 	require.Equal(t, 0, o.code, o)
 	dot := o.stdout
 	assert.True(t, strings.HasPrefix(dot, "digraph dependencies {\n"), dot)
@@ -360,10 +389,29 @@ func TestCLIGraphChain(t *testing.T) {
 	assert.Equal(t, 2, strings.Count(dot, " -> "), dot)
 
 	// Without --wait it reads the stored states; --plain labels by id.
-	o = stalk(t, ctx, append([]string{"graph", first.ID(), "--plain"}, replyArgs()...)...)
+	o = stalk(t, ctx, append([]string{"graph", first.ID(), "--plain", "--keep"}, replyArgs()...)...)
 	require.Equal(t, 0, o.code, o)
 	assert.Contains(t, o.stdout, `"`+first.ID()+`" -> "`+second.ID()+`"`)
 	assert.Contains(t, o.stdout, `"`+second.ID()+`" -> "`+last.ID()+`"`)
+
+	// --json: nodes and edges, not DOT. This reader does not --keep.
+	o = stalk(t, ctx, append([]string{"--json", "graph", first.ID()}, replyArgs()...)...)
+	require.Equal(t, 0, o.code, o)
+	var g struct {
+		Root  string
+		Nodes []struct{ ID, Kind, State string }
+		Edges []struct{ From, To string }
+	}
+	require.NoError(t, json.Unmarshal([]byte(o.stdout), &g), o.stdout)
+	assert.Equal(t, first.ID(), g.Root)
+	require.Len(t, g.Nodes, 3)
+	for _, n := range g.Nodes {
+		assert.Equal(t, "task", n.Kind)
+		assert.Equal(t, "SUCCESS", n.State)
+	}
+	assert.Equal(t, []struct{ From, To string }{{first.ID(), second.ID()}, {second.ID(), last.ID()}}, g.Edges)
+	o = stalk(t, ctx, append([]string{"graph", first.ID()}, replyArgs()...)...)
+	assert.Equal(t, 1, o.code, "the --json reader deleted them: %s", o)
 
 	if dotBin, err := exec.LookPath("dot"); err == nil {
 		cmd := exec.CommandContext(ctx, dotBin, "-Tsvg")

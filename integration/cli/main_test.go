@@ -5,6 +5,7 @@ package cli
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"os/exec"
@@ -22,6 +23,16 @@ var (
 	bin    string // the stalk binary
 	queue  string // the run's task queue; worker consumes it
 	worker *harness.Worker
+	// ctlWorker is for control commands that change a worker (rate and
+	// time limits, consumers, pool size, events): one process, its own
+	// queue, no task events until a test enables them. Tests that use it
+	// run one after another (ctlMu).
+	ctlWorker *harness.Worker
+	// scaleWorker runs with --autoscale, and is shut down by a test.
+	scaleWorker *harness.Worker
+	// vcsStamped: the binary carries its VCS revision (built with
+	// -buildvcs=true; false when git could not stamp it).
+	vcsStamped bool
 	// Reply queues of this run: a prefix of their own, and a short
 	// lifetime so that nothing lingers on the shared broker.
 	replyPrefix  string
@@ -36,19 +47,48 @@ func TestMain(m *testing.M) {
 	}
 	code := harness.Main(m, harness.Shared, func() error {
 		bin = filepath.Join(dir, "stalk")
-		cmd := exec.Command("go", "build", "-o", bin, "./cmd/stalk")
+		// With the VCS stamp when git can give it, for --version.
+		cmd := exec.Command("go", "build", "-buildvcs=true", "-o", bin, "./cmd/stalk")
 		cmd.Dir = moduleRoot()
-		if out, err := cmd.CombinedOutput(); err != nil {
-			return fmt.Errorf("go build ./cmd/stalk: %v\n%s", err, out)
+		if _, err := cmd.CombinedOutput(); err == nil {
+			vcsStamped = true
+		} else {
+			cmd = exec.Command("go", "build", "-o", bin, "./cmd/stalk")
+			cmd.Dir = moduleRoot()
+			if out, err := cmd.CombinedOutput(); err != nil {
+				return fmt.Errorf("go build ./cmd/stalk: %v\n%s", err, out)
+			}
 		}
 		queue = harness.Name("cli")
 		replyPrefix = harness.Name("cli-reply") + "."
-		w, err := harness.StartWorker(harness.WorkerConfig{Queue: queue, Concurrency: 4, Events: true})
-		if err != nil {
-			return err
+		// The three workers start together.
+		type started struct {
+			w   **harness.Worker
+			err error
 		}
-		worker = w
-		return nil
+		cfgs := []struct {
+			w   **harness.Worker
+			cfg harness.WorkerConfig
+		}{
+			{&worker, harness.WorkerConfig{Queue: queue, Concurrency: 4, Events: true}},
+			{&ctlWorker, harness.WorkerConfig{Queue: harness.Name("cli-ctl"), Concurrency: 1}},
+			{&scaleWorker, harness.WorkerConfig{Queue: harness.Name("cli-scale"), Args: []string{"--autoscale=3,1"}}},
+		}
+		done := make(chan started, len(cfgs))
+		for _, c := range cfgs {
+			go func() {
+				w, err := harness.StartWorker(c.cfg)
+				*c.w = w
+				done <- started{c.w, err}
+			}()
+		}
+		var errs []error
+		for range cfgs {
+			if s := <-done; s.err != nil {
+				errs = append(errs, s.err)
+			}
+		}
+		return errors.Join(errs...)
 	})
 	os.RemoveAll(dir)
 	os.Exit(code)
