@@ -4,6 +4,7 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"log/slog"
 	"time"
 
 	"github.com/rs/zerolog"
@@ -256,6 +257,12 @@ func WithFailover(f Failover) Option { return func(c *config) { c.failover = f }
 // WithLogger sets the logger. Default: zerolog.Nop(). Passwords in URLs are
 // always redacted.
 func WithLogger(l zerolog.Logger) Option { return func(c *config) { c.logger = l } }
+
+// WithSlogLogger logs through l instead of a zerolog.Logger: each event's
+// level, message and fields become an slog record. Default: no logging.
+func WithSlogLogger(l *slog.Logger) Option {
+	return func(c *config) { c.logger = broker.SlogLogger(l) }
+}
 
 // WithReplyMode selects PerTask (the default) or Shared reply queues.
 func WithReplyMode(m ReplyMode) Option { return func(c *config) { c.mode, c.modeSet = m, true } }
