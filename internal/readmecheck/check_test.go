@@ -14,6 +14,9 @@ import (
 	"time"
 
 	"github.com/rs/zerolog"
+	"go.opentelemetry.io/otel"
+	"go.opentelemetry.io/otel/propagation"
+	"go.opentelemetry.io/otel/trace"
 
 	"github.com/stalk-dev/stalk/amqp"
 	"github.com/stalk-dev/stalk/events"
@@ -38,7 +41,7 @@ func intro(ctx context.Context, log zerolog.Logger) error {
 
 func dial(ctx context.Context, logger zerolog.Logger, pool *x509.CertPool) (*amqp.Client, error) {
 	c, err := amqp.Dial(ctx, "amqps://app:secret@rabbit:5671/prod",
-		amqp.WithLogger(logger),                  // zerolog; Nop by default; passwords redacted
+		amqp.WithLogger(logger),                  // zerolog (or WithSlogLogger); Nop by default; passwords redacted
 		amqp.WithReplyMode(amqp.PerTask),         // the default; or amqp.Shared
 		amqp.WithTLS(&tls.Config{RootCAs: pool}), // custom CA, client certs, ServerName
 		amqp.WithConnectionName("orders-api"),    // shown by rabbitmqctl list_connections
@@ -50,17 +53,18 @@ func send(ctx context.Context, c *amqp.Client, reportID int) error {
 	r, err := c.Send(ctx, "reports.render",
 		amqp.Args(reportID),
 		amqp.Kwargs(map[string]any{"format": "pdf"}),
-		amqp.Queue("reports"),         // declared with Celery's flags; default "celery"
+		amqp.Queue("reports"),         // resolved through the client's topology; default "celery"
 		amqp.Countdown(5*time.Second), // or amqp.ETA(t)
 		amqp.Expires(time.Hour),       // the worker revokes it if it has not started by then
 		amqp.Priority(5), amqp.TimeLimit(time.Minute), amqp.SoftTimeLimit(50*time.Second),
+		amqp.Stamp("tenant", "acme"), // Celery 5.3+ stamping: revoke_by_stamped_headers matches it
 	)
 	v, err := r.Get(ctx)                                // ctx bounds the wait
 	v, err = r.Get(ctx, result.Timeout(30*time.Second)) // Celery's timeout=
 	var out Report
 	err = r.GetInto(ctx, &out) // decode the JSON result into a type
 	n, err := result.GetAs[int](ctx, r)
-	_, _ = v, n
+	_, _, _ = v, out, n
 	return err
 }
 
@@ -75,11 +79,12 @@ func failure(ctx context.Context, r *result.AsyncResult) {
 	errors.Is(err, result.ErrTimeout)    // and errors.Is(err, context.DeadlineExceeded)
 }
 
-func progress(ctx context.Context, r *result.AsyncResult) (any, error) {
+func progressOf(ctx context.Context, r *result.AsyncResult) (any, error) {
+	type progress struct{ Current, Total int }
 	v, err := r.Get(ctx, result.OnMessage(func(m result.Meta) {
 		if m.Status == "PROGRESS" {
-			meta := m.Result.(map[string]any)
-			fmt.Printf("%v/%v\n", meta["current"], meta["total"])
+			p, _ := result.ResultAs[progress](&m) // update_state(meta={"current": ..., "total": ...})
+			fmt.Printf("%d/%d\n", p.Current, p.Total)
 		}
 	}))
 	return v, err
@@ -93,13 +98,14 @@ func then(r *result.AsyncResult, log zerolog.Logger, reqCtx context.Context, onV
 	r.ThenContext(reqCtx, onValue, onError) // dropped, and collectable, once reqCtx ends
 }
 
-func attach(ctx context.Context, c *amqp.Client, id string) error {
+func attach(ctx context.Context, c *amqp.Client, id, other string) error {
 	later := c.AsyncResult(id) // sent earlier, perhaps by another process
 	state := later.State()     // PENDING until its latest state has arrived
 	v, err := later.Get(ctx)
 	ok, err := later.Exists(ctx)
-	err = later.Forget(ctx) // deletes the result (and its reply queue)
-	err = later.Release()   // or: stop following it here, and keep what is stored
+	err = later.Forget(ctx)                                         // deletes the result (and its reply queue)
+	err = later.Release()                                           // or: stop following it here, and keep what is stored
+	v, err = c.AsyncResult(other).Get(ctx, result.ForgetAfterGet()) // read it, then delete it
 	_, _, _ = state, v, ok
 	return err
 }
@@ -159,10 +165,48 @@ func canvas(ctx context.Context, c *amqp.Client) error {
 	return err
 }
 
+func quorum(ctx context.Context, url string) (*amqp.Client, error) {
+	c, err := amqp.Dial(ctx, url,
+		amqp.WithTaskQueues(amqp.TaskQueue{ // Celery's task_queues
+			Name: "reports", Exchange: "reports", ExchangeType: amqp.TopicExchange,
+			RoutingKey: "reports.render", Type: amqp.Quorum,
+		}),
+		amqp.WithDefaultQueueType(amqp.Quorum), // task_default_queue_type
+		amqp.WithMissingQueueType(amqp.Quorum), // task_create_missing_queue_type
+		amqp.WithDelayedDelivery(amqp.DelayedAuto),
+	)
+	return c, err
+}
+
+func cluster(ctx context.Context) (*amqp.Client, error) {
+	c, err := amqp.Dial(ctx, "amqp://app:secret@rabbit-1//;amqp://app:secret@rabbit-2//;amqp://app:secret@rabbit-3//",
+		amqp.WithFailover(amqp.Shuffle), // or RoundRobin, the default
+		amqp.WithReplyMode(amqp.Shared),
+		amqp.WithReplyQueueType(amqp.Quorum), // results survive losing any one node
+		amqp.WithDefaultQueueType(amqp.Quorum),
+	)
+	return c, err
+}
+
+func tracing(ctx context.Context, url string, tp trace.TracerProvider, id int) error {
+	// tp is your SDK's TracerProvider (sdktrace.NewTracerProvider(...)), set globally or passed in.
+	otel.SetTextMapPropagator(propagation.TraceContext{})      // once, at start-up
+	c, err := amqp.Dial(ctx, url, amqp.WithTracerProvider(tp)) // also WithMeterProvider, WithPropagator
+	ctx, span := tp.Tracer("web").Start(ctx, "GET /report")
+	defer span.End()
+	r, err := c.Send(ctx, "reports.render", amqp.Args(id)) // traceparent and tracestate go with it
+	_ = r
+	return err
+}
+
 // Options the README names in prose.
 var _ = []amqp.Option{
 	amqp.WithEvents(),
 	amqp.WithSentEvents(true),
 	amqp.WithReplyQueue("orders-api-1"),
 	amqp.WithResultCache(1000, time.Hour),
+	amqp.WithBrokerURLs("amqp://b//"),
+	amqp.WithDeclareQueues(false),
+	amqp.WithCreateMissingQueues(true),
+	amqp.WithMissingExchangeType(amqp.TopicExchange),
 }
