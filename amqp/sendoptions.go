@@ -142,30 +142,43 @@ func plainValue(v any) any {
 }
 
 // amqpTable turns plain maps into amqp091 tables, recursively, for the
-// wire.
+// wire. It converts m in place (an amqp091.Table is a map[string]any) and
+// copies only what holds a nested map: m must not be used afterwards.
 func amqpTable(m map[string]any) amqp091.Table {
 	if m == nil {
 		return nil
 	}
-	out := make(amqp091.Table, len(m))
 	for k, v := range m {
-		out[k] = amqpValue(v)
+		if nv, changed := amqpValue(v); changed {
+			m[k] = nv
+		}
 	}
-	return out
+	return amqp091.Table(m)
 }
 
-func amqpValue(v any) any {
+// amqpValue returns v with its maps as amqp091 tables, and whether that
+// changed anything.
+func amqpValue(v any) (any, bool) {
 	switch t := v.(type) {
 	case map[string]any:
-		return amqpTable(t)
+		return amqpTable(t), true
 	case []any:
-		out := make([]any, len(t))
+		var out []any
 		for i, x := range t {
-			out[i] = amqpValue(x)
+			nx, changed := amqpValue(x)
+			if changed && out == nil {
+				out = append([]any(nil), t...)
+			}
+			if out != nil {
+				out[i] = nx
+			}
 		}
-		return out
+		if out == nil {
+			return v, false
+		}
+		return out, true
 	}
-	return v
+	return v, false
 }
 
 // TaskMessage is a decoded Celery protocol v2 task message, as a worker

@@ -2,6 +2,8 @@ package amqp
 
 import (
 	"context"
+	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -54,6 +56,27 @@ type telemetry struct {
 
 	pubReconnects atomic.Int64
 	reg           metric.Registration
+
+	// attrs caches the attribute sets of the metrics, by their values:
+	// task names, queues and states are few, and a set built once costs
+	// nothing per task.
+	attrs sync.Map // string → metric.MeasurementOption
+}
+
+// attrOpt returns the cached attribute option for the pairs kv (key,
+// value, key, value...).
+func (t *telemetry) attrOpt(kv ...string) metric.MeasurementOption {
+	key := strings.Join(kv, "\x00")
+	if o, ok := t.attrs.Load(key); ok {
+		return o.(metric.MeasurementOption)
+	}
+	as := make([]attribute.KeyValue, 0, len(kv)/2)
+	for i := 0; i+1 < len(kv); i += 2 {
+		as = append(as, attribute.String(kv[i], kv[i+1]))
+	}
+	o := metric.WithAttributeSet(attribute.NewSet(as...))
+	t.attrs.Store(key, o)
+	return o
 }
 
 func newTelemetry(c *Client) *telemetry {
@@ -191,19 +214,21 @@ func (t *telemetry) published(ctx context.Context, span trace.Span, m *celery.Me
 		span.SetStatus(codes.Error, err.Error())
 		return
 	}
-	dest := r.Exchange
-	if dest == "" {
-		dest = "amq.default"
+	if span.IsRecording() {
+		dest := r.Exchange
+		if dest == "" {
+			dest = "amq.default"
+		}
+		span.SetAttributes(
+			attribute.String("messaging.destination.name", dest),
+			attribute.String("messaging.rabbitmq.destination.routing_key", r.Key),
+			attribute.String("messaging.message.id", m.ID),
+			attribute.String("messaging.message.conversation_id", m.CorrelationID),
+			attribute.Int("messaging.message.body.size", len(m.Body)),
+		)
 	}
-	span.SetAttributes(
-		attribute.String("messaging.destination.name", dest),
-		attribute.String("messaging.rabbitmq.destination.routing_key", r.Key),
-		attribute.String("messaging.message.id", m.ID),
-		attribute.String("messaging.message.conversation_id", m.CorrelationID),
-		attribute.Int("messaging.message.body.size", len(m.Body)),
-	)
 	t.confirm.Record(ctx, confirm.Seconds())
-	t.sent.Add(ctx, 1, metric.WithAttributes(attribute.String("celery.task_name", m.Name), attribute.String("messaging.destination.name", queue)))
+	t.sent.Add(ctx, 1, t.attrOpt("celery.task_name", m.Name, "messaging.destination.name", queue))
 }
 
 // awaitResult, when the send span records, adds a "result <task>" span,
@@ -242,7 +267,7 @@ func (t *telemetry) awaitResult(span trace.Span, e *result.Entry, name string) {
 // consumer loop: recording is an in-memory aggregation, never user code.
 func (t *telemetry) finished(e *result.Entry, m *result.Meta) {
 	info, ok := e.SendInfo()
-	attrs := metric.WithAttributes(attribute.String("celery.state", string(m.Status)), attribute.String("celery.task_name", info.Name))
+	attrs := t.attrOpt("celery.state", string(m.Status), "celery.task_name", info.Name)
 	ctx := context.Background()
 	t.completed.Add(ctx, 1, attrs)
 	if ok && !info.Sent.IsZero() {

@@ -448,7 +448,10 @@ type Frozen struct {
 // is bad.
 func (pl *Planner) Freeze(p *Plan, replyTo func(id string) string) (*Frozen, error) {
 	tasks := p.Tasks()
-	seen := make(map[string]bool, len(tasks))
+	var seen map[string]bool
+	if len(tasks) > 1 {
+		seen = make(map[string]bool, len(tasks))
+	}
 	for _, t := range tasks {
 		if t.Call.TaskID == "" {
 			t.Call.TaskID = pl.NewID()
@@ -456,8 +459,8 @@ func (pl *Planner) Freeze(p *Plan, replyTo func(id string) string) (*Frozen, err
 		if seen[t.Call.TaskID] {
 			return nil, fmt.Errorf("stalk: task id %s is used twice in the canvas", t.Call.TaskID)
 		}
-		seen[t.Call.TaskID] = true
 		if len(tasks) > 1 {
+			seen[t.Call.TaskID] = true
 			if _, err := Build(t.Name, t.Call, ""); err != nil {
 				return nil, fmt.Errorf("stalk: task %s: %w", t.Name, err)
 			}
@@ -486,14 +489,19 @@ func (pl *Planner) chainMessage(ch *Chain, replyTo func(string) string) (*Messag
 		rest = append(rest, embedded(ch.Tasks[i], replyTo))
 	}
 	first := ch.Tasks[0]
-	c := first.Call.Clone()
-	if len(ch.Tasks) > 1 || ch.Tail != nil {
-		c.Embed = Embed{Chain: rest}
-	}
-	if first.inGroup {
-		c.GroupID = first.GroupID
-		idx := first.GroupIndex
-		c.GroupIndex = &idx
+	c := first.Call
+	if len(ch.Tasks) > 1 || ch.Tail != nil || first.inGroup {
+		// The message's call differs from the task's: keep the task's as
+		// planned.
+		c = c.Clone()
+		if len(ch.Tasks) > 1 || ch.Tail != nil {
+			c.Embed = Embed{Chain: rest}
+		}
+		if first.inGroup {
+			c.GroupID = first.GroupID
+			idx := first.GroupIndex
+			c.GroupIndex = &idx
+		}
 	}
 	rt := ""
 	if !c.Ignore {
