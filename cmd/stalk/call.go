@@ -480,9 +480,15 @@ func (a *app) runCall(ctx context.Context, task string, send []amqp.SendOption, 
 
 // sendError explains a failed send.
 func sendError(task string, err error) error {
-	switch {
-	case errors.Is(err, amqp.ErrInvalidOption):
-		return usagef("send %s: %s", task, strings.TrimPrefix(oneLine(err.Error()), "stalk: "))
+	msg := strings.TrimPrefix(oneLine(err.Error()), "stalk: ")
+	if errors.Is(err, amqp.ErrInvalidOption) {
+		if !strings.HasPrefix(msg, "send ") {
+			msg = "send " + task + ": " + msg
+		}
+		return usagef("%s", msg)
+	}
+	if strings.HasPrefix(msg, "send ") {
+		return err // the library names the task already
 	}
 	return fmt.Errorf("send %s: %w", task, err)
 }

@@ -36,6 +36,7 @@ const defaultBroker = "amqp://guest:guest@localhost:5672//"
 type env struct {
 	stdin          io.Reader
 	stdout, stderr io.Writer
+	stdinTTY       bool
 	stdoutTTY      bool
 	stderrTTY      bool
 	getenv         func(string) string
@@ -48,6 +49,7 @@ func newEnv() *env {
 		stdin:     os.Stdin,
 		stdout:    os.Stdout,
 		stderr:    os.Stderr,
+		stdinTTY:  isTerminal(os.Stdin),
 		stdoutTTY: isTerminal(os.Stdout),
 		stderrTTY: isTerminal(os.Stderr),
 		getenv:    os.Getenv,

@@ -823,11 +823,9 @@ func renderScheduled(a *app, raw json.RawMessage) []string {
 	}
 	out := make([]string, len(ts))
 	for i, t := range ts {
-		p := ""
-		if t.Priority != nil {
-			p = fmt.Sprintf(" priority %d", *t.Priority)
-		}
-		out[i] = fmt.Sprintf("%s eta %s%s", a.taskLine(t.Request), t.ETA, p)
+		// t.Priority is the worker's timer entry's, not the message's:
+		// left to --json.
+		out[i] = fmt.Sprintf("%s eta %s", a.taskLine(t.Request), t.ETA)
 	}
 	return out
 }

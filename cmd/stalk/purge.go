@@ -129,12 +129,13 @@ func (a *app) runPurge(ctx context.Context, names []string, force bool) error {
 		fmt.Fprintf(a.stderr, "This deletes every task waiting in %s: %s.\nIt cannot be undone (-f skips this question). Delete them? [y/N] ",
 			plural(len(present), "queue", "queues"), strings.Join(desc, ", "))
 		answer, _ := bufio.NewReader(a.stdin).ReadString('\n')
+		if !a.stdinTTY {
+			// Nothing echoed the answer: end the prompt's line.
+			fmt.Fprintln(a.stderr, strings.TrimSpace(answer))
+		}
 		switch strings.ToLower(strings.TrimSpace(answer)) {
 		case "y", "yes":
 		default:
-			if answer == "" {
-				fmt.Fprintln(a.stderr)
-			}
 			return fmt.Errorf("not confirmed: nothing purged")
 		}
 	}
