@@ -1,18 +1,27 @@
-// Command capture records a real run of `stalk call` with its progress bar,
-// in a pseudo-terminal, against a real Celery worker, for the README:
+// Command capture records real runs of the stalk CLI against a real Celery
+// worker, for the docs:
 //
 //	go run ./integration/cli/cmd/capture -out docs
 //
 // It builds cmd/stalk, starts a worker (tasks from
-// integration/harness/celeryapp) on the queue named by -queue, runs
-// `stalk call tasks.progress 10 0.2` under script(1), and writes
-// cli-call.txt (a frame from the middle of the run and the final screen)
-// and cli-call.svg (the same, drawn as a terminal).
+// integration/harness/celeryapp, nodename demo@<host>, task events on) on
+// the queue named by -queue, and then:
+//
+//   - runs `stalk call tasks.progress 10 0.2` under script(1), in a
+//     pseudo-terminal, and writes cli-call.txt (a frame from the middle of
+//     the run and the final screen) and cli-call.svg (the same, drawn as a
+//     terminal);
+//   - runs every command of docs/cli.md's template (cli.md.tmpl beside this
+//     file) through sh, with the binary on $PATH and $STALK_BROKER_URL and
+//     $STALK_DEFAULT_QUEUE set, and writes docs/cli.md with each command's
+//     real output (stdout and stderr as a terminal interleaves them) and
+//     its exit status.
 package main
 
 import (
 	"bytes"
 	"context"
+	_ "embed"
 	"errors"
 	"flag"
 	"fmt"
@@ -21,15 +30,19 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"text/template"
 	"time"
 	"unicode/utf8"
 
 	"github.com/stalk-dev/stalk/integration/harness"
 )
 
+//go:embed cli.md.tmpl
+var docTemplate string
+
 func main() {
-	out := flag.String("out", "docs", "folder for cli-call.txt and cli-call.svg")
-	queue := flag.String("queue", "stalk-demo", "task queue for the worker and the call")
+	out := flag.String("out", "docs", "folder for cli.md, cli-call.txt and cli-call.svg")
+	queue := flag.String("queue", "stalk-demo", "task queue for the worker and the commands")
 	flag.Parse()
 	if err := run(*out, *queue); err != nil {
 		fmt.Fprintln(os.Stderr, "capture:", err)
@@ -38,7 +51,7 @@ func main() {
 }
 
 func run(dir, queue string) error {
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
 	if err := harness.Reachable(5 * time.Second); err != nil {
 		return fmt.Errorf("RabbitMQ is not reachable: %w", err)
@@ -53,22 +66,49 @@ func run(dir, queue string) error {
 	}
 	defer os.RemoveAll(tmp)
 	bin := filepath.Join(tmp, "stalk")
-	if out, err := exec.CommandContext(ctx, "go", "build", "-o", bin, "./cmd/stalk").CombinedOutput(); err != nil {
-		return fmt.Errorf("go build ./cmd/stalk (run this from the repository root): %v: %s", err, out)
+	// With the VCS stamp, for --version, when git can give it.
+	if err := exec.CommandContext(ctx, "go", "build", "-buildvcs=true", "-o", bin, "./cmd/stalk").Run(); err != nil {
+		if out, err := exec.CommandContext(ctx, "go", "build", "-o", bin, "./cmd/stalk").CombinedOutput(); err != nil {
+			return fmt.Errorf("go build ./cmd/stalk (run this from the repository root): %v: %s", err, out)
+		}
 	}
-	w, err := harness.StartWorker(harness.WorkerConfig{Queue: queue, Concurrency: 1})
+	w, err := harness.StartWorker(harness.WorkerConfig{Queue: queue, Name: "demo", Concurrency: 2, Events: true})
 	if err != nil {
 		return err
 	}
 	defer func() {
 		w.Stop()
-		_, _ = harness.Rabbitmqctl("delete_queue", queue)
+		// The template's own queues.
+		for _, q := range []string{queue, "stalk-demo-nobody", "stalk-demo-quorum", "stalk-demo-missing", "stalk-demo-extra", "stalk-demo-purge"} {
+			_, _ = harness.Rabbitmqctl("delete_queue", q)
+		}
 	}()
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return err
+	}
+	if err := captureCall(ctx, script, bin, queue, dir); err != nil {
+		return err
+	}
+	r := &runner{ctx: ctx, dir: tmp, queue: queue, worker: w.Hostname, out: dir}
+	doc, err := r.render()
+	if err != nil {
+		return err
+	}
+	if err := os.WriteFile(filepath.Join(dir, "cli.md"), doc, 0o644); err != nil {
+		return err
+	}
+	fmt.Printf("wrote %s, %s and %s\n", filepath.Join(dir, "cli.md"), filepath.Join(dir, "cli-call.txt"), filepath.Join(dir, "cli-call.svg"))
+	return nil
+}
 
+// ---- the pseudo-terminal run ------------------------------------------------------
+
+func captureCall(ctx context.Context, script, bin, queue, dir string) error {
 	shown := "stalk call tasks.progress 10 0.2 --queue " + queue
 	line := fmt.Sprintf("stty cols 100 2>/dev/null; %s --broker %s call tasks.progress 10 0.2 --queue %s",
 		bin, harness.BrokerURL(), queue)
 	cmd := exec.CommandContext(ctx, script, "-qec", line, "/dev/null")
+	cmd.Env = append(os.Environ(), "TERM=xterm")
 	var raw bytes.Buffer
 	cmd.Stdout = &raw
 	cmd.Stderr = &raw
@@ -88,17 +128,10 @@ func run(dir, queue string) error {
 		final,
 		value,
 	}
-	if err := os.MkdirAll(dir, 0o755); err != nil {
-		return err
-	}
 	if err := os.WriteFile(filepath.Join(dir, "cli-call.txt"), []byte(strings.Join(lines, "\n")+"\n"), 0o644); err != nil {
 		return err
 	}
-	if err := os.WriteFile(filepath.Join(dir, "cli-call.svg"), svg(lines), 0o644); err != nil {
-		return err
-	}
-	fmt.Println(strings.Join(lines, "\n"))
-	return nil
+	return os.WriteFile(filepath.Join(dir, "cli-call.svg"), svg(lines), 0o644)
 }
 
 // frames splits the terminal output into what a reader saw: the "sent"
@@ -160,4 +193,191 @@ func svg(lines []string) []byte {
 	}
 	b.WriteString("</g></svg>\n")
 	return b.Bytes()
+}
+
+// ---- the documented commands --------------------------------------------------------
+
+// runner runs the template's commands through sh, in order.
+type runner struct {
+	ctx    context.Context
+	dir    string // holds the stalk binary; put first on $PATH
+	queue  string
+	worker string
+	out    string // the docs folder
+	bg     map[string]*background
+	seq    int
+}
+
+type background struct {
+	line string
+	cmd  *exec.Cmd
+	out  *bytes.Buffer
+}
+
+func (r *runner) env() []string {
+	return append(os.Environ(),
+		"PATH="+r.dir+string(os.PathListSeparator)+os.Getenv("PATH"),
+		"STALK_BROKER_URL="+harness.BrokerURL(),
+		"CELERY_BROKER_URL=",
+		"STALK_DEFAULT_QUEUE="+r.queue,
+		"COLUMNS=100",
+	)
+}
+
+func (r *runner) sh(line string, stdin string) (string, int, error) {
+	cmd := exec.CommandContext(r.ctx, "sh", "-c", line)
+	cmd.Env = r.env()
+	cmd.Stdin = strings.NewReader(stdin)
+	var out bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &out
+	err := cmd.Run()
+	code := 0
+	if ee, ok := err.(*exec.ExitError); ok {
+		code = ee.ExitCode()
+	} else if err != nil {
+		return "", 0, fmt.Errorf("%s: %w", line, err)
+	}
+	return out.String(), code, nil
+}
+
+// block formats one command and its output as a shell transcript.
+func block(line, out string, code int) string {
+	var b strings.Builder
+	b.WriteString("```console\n$ " + line + "\n")
+	b.WriteString(out)
+	if out != "" && !strings.HasSuffix(out, "\n") {
+		b.WriteString("\n")
+	}
+	if code != 0 {
+		fmt.Fprintf(&b, "$ echo $?\n%d\n", code)
+	}
+	b.WriteString("```")
+	return b.String()
+}
+
+func (r *runner) render() ([]byte, error) {
+	r.bg = map[string]*background{}
+	funcs := template.FuncMap{
+		// run runs a command and shows it with its output.
+		"run": func(line string) (string, error) {
+			out, code, err := r.sh(line, "")
+			if err != nil {
+				return "", err
+			}
+			return block(line, out, code), nil
+		},
+		// remote is run for a remote-control command, sent to the demo
+		// worker only (-d): the broker may have other workers, and a
+		// control command must not change them.
+		"remote": func(line string) (string, error) {
+			line += " -d " + r.worker
+			out, code, err := r.sh(line, "")
+			if err != nil {
+				return "", err
+			}
+			return block(line, out, code), nil
+		},
+		"remoteFirst": func(n int, line string) (string, error) {
+			line += " -d " + r.worker
+			out, code, err := r.sh(line, "")
+			if err != nil {
+				return "", err
+			}
+			lines := strings.SplitAfter(out, "\n")
+			if len(lines) > n+1 {
+				out = strings.Join(lines[:n], "") + fmt.Sprintf("… (%d more lines)\n", len(lines)-n-1)
+			}
+			return block(line, out, code), nil
+		},
+		"remoteQuiet": func(line string) (string, error) {
+			_, _, err := r.sh(line+" -d "+r.worker, "")
+			return "", err
+		},
+		// runIn is run with stdin; the block shows it as piped.
+		"runIn": func(stdin, line string) (string, error) {
+			out, code, err := r.sh(line, stdin)
+			if err != nil {
+				return "", err
+			}
+			return block(fmt.Sprintf("printf %q | %s", stdin, line), out, code), nil
+		},
+		// first runs a command, shows it, and keeps only the first
+		// lines of its output.
+		"first": func(n int, line string) (string, error) {
+			out, code, err := r.sh(line, "")
+			if err != nil {
+				return "", err
+			}
+			lines := strings.SplitAfter(out, "\n")
+			if len(lines) > n+1 {
+				out = strings.Join(lines[:n], "") + fmt.Sprintf("… (%d more lines)\n", len(lines)-n-1)
+			}
+			return block(line, out, code), nil
+		},
+		// value runs a command without showing it and returns its stdout,
+		// trimmed: ids for later commands.
+		"value": func(line string) (string, error) {
+			cmd := exec.CommandContext(r.ctx, "sh", "-c", line)
+			cmd.Env = r.env()
+			out, err := cmd.Output()
+			if err != nil {
+				return "", fmt.Errorf("%s: %w", line, err)
+			}
+			return strings.TrimSpace(string(out)), nil
+		},
+		// quiet runs a command without showing it.
+		"quiet": func(line string) (string, error) {
+			_, _, err := r.sh(line, "")
+			return "", err
+		},
+		// start runs a command in the background; finish waits for it and
+		// shows it.
+		"start": func(line string) (string, error) {
+			r.seq++
+			key := fmt.Sprint(r.seq)
+			cmd := exec.CommandContext(r.ctx, "sh", "-c", line)
+			cmd.Env = r.env()
+			var out bytes.Buffer
+			cmd.Stdout, cmd.Stderr = &out, &out
+			if err := cmd.Start(); err != nil {
+				return "", err
+			}
+			r.bg[key] = &background{line: line, cmd: cmd, out: &out}
+			return key, nil
+		},
+		"finish": func(key string) (string, error) {
+			b := r.bg[key]
+			code := 0
+			if err := b.cmd.Wait(); err != nil {
+				ee, ok := err.(*exec.ExitError)
+				if !ok {
+					return "", err
+				}
+				code = ee.ExitCode()
+			}
+			return block(b.line, b.out.String(), code), nil
+		},
+		"sleep": func(s float64) string {
+			time.Sleep(time.Duration(s * float64(time.Second)))
+			return ""
+		},
+		// callTranscript is the pseudo-terminal run, as written to
+		// cli-call.txt.
+		"callTranscript": func() (string, error) {
+			b, err := os.ReadFile(filepath.Join(r.out, "cli-call.txt"))
+			return strings.TrimRight(string(b), "\n"), err
+		},
+		"queue":  func() string { return r.queue },
+		"worker": func() string { return r.worker },
+		"celery": func() string { return harness.CeleryVersion() },
+	}
+	t, err := template.New("cli.md").Funcs(funcs).Parse(docTemplate)
+	if err != nil {
+		return nil, err
+	}
+	var b bytes.Buffer
+	if err := t.Execute(&b, nil); err != nil {
+		return nil, err
+	}
+	return b.Bytes(), nil
 }
