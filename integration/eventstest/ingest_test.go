@@ -2,7 +2,6 @@ package eventstest
 
 import (
 	"fmt"
-	"os"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -109,12 +108,8 @@ func TestEventsIngest(t *testing.T) {
 	}
 	t.Logf("ingest: %d events published and decoded in %s: %.0f events/s%s; publishing alone took %.0f events/s; slow handler: delivered %d, dropped %d",
 		ingestEvents, elapsed.Round(time.Millisecond), rate, race, pubRate, ss.Delivered, ss.Dropped)
-	note := fmt.Sprintf("- %s events ingest: %d events, %.0f events/s published, decoded and dispatched end to end (State.Apply on the fast subscription)%s; publisher alone %.0f events/s. Slow handler (200µs, buffer 100, drop-oldest): delivered %d + dropped %d = %d. Command: `STALK_REQUIRE_BROKER=1 go test -run TestEventsIngest -v ./integration/eventstest/`\n",
-		time.Now().UTC().Format(time.RFC3339), ingestEvents, rate, race, pubRate, ss.Delivered, ss.Dropped, ss.Delivered+ss.Dropped)
-	if f, err := os.OpenFile("/tmp/events-notes.md", os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o644); err == nil {
-		_, _ = f.WriteString(note)
-		_ = f.Close()
-	}
+	harness.Measured("events ingest: %d events, %.0f events/s published, decoded and dispatched end to end (State.Apply on the fast subscription)%s; publisher alone %.0f events/s. Slow handler (200µs, buffer 100, drop-oldest): delivered %d + dropped %d = %d. Command: `STALK_REQUIRE_BROKER=1 go test -run TestEventsIngest -v ./integration/eventstest/`",
+		ingestEvents, rate, race, pubRate, ss.Delivered, ss.Dropped, ss.Delivered+ss.Dropped)
 }
 
 // TestEventsDurableBacklog: a Durable receiver's queue keeps the events

@@ -232,7 +232,7 @@ func TestFaultConnectionKill(t *testing.T) {
 			t.Logf("pending when the results connection was lost: %v", atLoss)
 			t.Logf("recovery times, results connection (lost -> re-consumed -> Ready): %v", rec)
 			t.Logf("recovery times, publish connection (lost -> Ready): %v", pubRec)
-			note("- TestFaultConnectionKill/%s: %d tasks, %d kills (pending when lost: %v); lost %d, wrong %d, settled≠1 %d; "+
+			harness.Measured("TestFaultConnectionKill/%s: %d tasks, %d kills (pending when lost: %v); lost %d, wrong %d, settled≠1 %d; "+
 				"results connection recovery (lost → re-consumed → Ready) min %v, median %v, max %v over %d outages; "+
 				"publish connection median %v, max %v; reconnects %d, duplicates %d",
 				mode, issued, len(killsDone), atLoss, len(lost), len(wrong), twice,

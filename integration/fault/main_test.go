@@ -8,7 +8,9 @@ package fault
 import (
 	"fmt"
 	"os"
+	"os/exec"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -105,9 +107,27 @@ func brokerUp(d time.Duration) error {
 	}
 }
 
+var watchdogOnce sync.Once
+
 // restartGuard makes sure the broker app is running again when the test
 // ends, whatever happened. Call it before stop_app.
+//
+// If the test binary itself is killed (a go test -timeout, a ^C) between
+// stop_app and start_app, no cleanup runs; for that, a watchdog process of
+// its own session waits for this process to exit, then starts the app if
+// it is stopped.
 func restartGuard(t testing.TB) {
+	watchdogOnce.Do(func() {
+		script := fmt.Sprintf("while kill -0 %d 2>/dev/null; do sleep 1; done; "+
+			"rabbitmqctl -q await_startup -t 1 >/dev/null 2>&1 || rabbitmqctl -q start_app", os.Getpid())
+		cmd := exec.Command("sh", "-c", script)
+		cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true}
+		if err := cmd.Start(); err != nil {
+			t.Logf("restart watchdog: %v", err)
+			return
+		}
+		go func() { _ = cmd.Wait() }()
+	})
 	t.Cleanup(func() {
 		if err := harness.Reachable(2 * time.Second); err == nil {
 			return
@@ -120,18 +140,4 @@ func restartGuard(t testing.TB) {
 			t.Errorf("cleanup: %v", err)
 		}
 	})
-}
-
-// notes appends a section to /tmp/fault-notes.md for the lead.
-var notesMu sync.Mutex
-
-func note(format string, args ...any) {
-	notesMu.Lock()
-	defer notesMu.Unlock()
-	f, err := os.OpenFile("/tmp/fault-notes.md", os.O_CREATE|os.O_APPEND|os.O_WRONLY, 0o644)
-	if err != nil {
-		return
-	}
-	defer f.Close()
-	fmt.Fprintf(f, format+"\n", args...)
 }

@@ -245,7 +245,7 @@ func TestFaultOrphanFlood(t *testing.T) {
 	delta := int64(heapAfter) - int64(heapBefore)
 	t.Logf("%d orphans published in %s, consumed in %s; stats %+v; heap %d KiB -> %d KiB (%+d KiB)",
 		n, published.Round(time.Millisecond), consumed.Round(time.Millisecond), st, heapBefore>>10, heapAfter>>10, delta>>10)
-	note("- TestFaultOrphanFlood: %d orphan results into a shared queue with cache cap %d: cached %d, evicted %d, orphans %d; heap after GC %d KiB → %d KiB (%+d KiB); consumed in %s",
+	harness.Measured("TestFaultOrphanFlood: %d orphan results into a shared queue with cache cap %d: cached %d, evicted %d, orphans %d; heap after GC %d KiB → %d KiB (%+d KiB); consumed in %s",
 		n, capacity, st.Cached, st.Evicted, st.Orphans, heapBefore>>10, heapAfter>>10, delta>>10, consumed.Round(time.Millisecond))
 	assert.Equal(t, int64(n), st.Orphans)
 	assert.LessOrEqual(t, st.Cached, capacity)

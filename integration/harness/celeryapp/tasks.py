@@ -18,6 +18,12 @@ app.conf.worker_prefetch_multiplier = int(os.environ.get("STALK_PREFETCH", "4"))
 app.conf.broker_connection_retry_on_startup = True
 if os.environ.get("STALK_SENT_EVENTS") == "1":
     app.conf.task_send_sent_event = True
+# A fleet on quorum queues (Celery 5.5+): the queues given with -Q that
+# are not declared yet are created with this type and exchange type.
+if os.environ.get("STALK_MISSING_QUEUE_TYPE"):
+    app.conf.task_create_missing_queue_type = os.environ["STALK_MISSING_QUEUE_TYPE"]
+if os.environ.get("STALK_MISSING_EXCHANGE_TYPE"):
+    app.conf.task_create_missing_queue_exchange_type = os.environ["STALK_MISSING_EXCHANGE_TYPE"]
 
 
 class CustomError(Exception):
