@@ -1,6 +1,9 @@
-// Command stalk sends Celery tasks over RabbitMQ and awaits their results,
-// revokes them, pings and inspects workers, follows Celery's event stream
-// and draws task graphs. Run "stalk --help" for the commands.
+// Command stalk is Celery's command line for RabbitMQ: it sends tasks and
+// canvases (call, chain, group, apply) and awaits their results, reads
+// results by id (result, graph), revokes tasks, asks the workers what they
+// run and changes how they run (status, ping, inspect, control), purges
+// task queues and follows Celery's event stream. Run "stalk --help" for the
+// commands; docs/cli.md shows each with real output.
 package main
 
 import (
