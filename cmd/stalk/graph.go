@@ -10,7 +10,6 @@ import (
 	amqp091 "github.com/rabbitmq/amqp091-go"
 	"github.com/spf13/cobra"
 
-	"github.com/stalk-dev/stalk/amqp"
 	"github.com/stalk-dev/stalk/result"
 )
 
@@ -62,22 +61,11 @@ Exit status: 0 success, 1 when no result is stored for ID, 2 usage error, 3
 }
 
 func (a *app) runGraph(ctx context.Context, id string, wait, plain, keep bool, timeout time.Duration, rf *replyFlags) error {
-	opts, err := rf.options()
-	if err != nil {
-		return err
-	}
-	c, err := a.dialClient(ctx, append(opts, amqp.WithReplyMode(amqp.PerTask))...)
+	c, qi, err := a.lookUpReply(ctx, id, rf)
 	if err != nil {
 		return err
 	}
 	defer c.Close()
-	qi, err := c.QueueInfo(ctx, c.ReplyQueue(id))
-	if err != nil {
-		if ctx.Err() != nil {
-			return ctx.Err()
-		}
-		return fmt.Errorf("look up %s: %w", id, err)
-	}
 	if !qi.Exists {
 		return fmt.Errorf("no result stored for %s: there is no reply queue %s, so the id is unknown, or its result expired or was deleted after it was read", id, c.ReplyQueue(id))
 	}

@@ -84,26 +84,35 @@ func exactlyOneID(name string) cobra.PositionalArgs {
 	}
 }
 
-func (a *app) runResult(ctx context.Context, id string, wait bool, timeout time.Duration, keep bool, rf *replyFlags) error {
+// lookUpReply dials a per-task client and looks at id's reply queue.
+// It looks before attaching: attaching declares the queue, and a typo
+// should not leave one behind for a day, nor wait for ever.
+func (a *app) lookUpReply(ctx context.Context, id string, rf *replyFlags) (*amqp.Client, amqp.QueueInfo, error) {
 	opts, err := rf.options()
 	if err != nil {
-		return err
+		return nil, amqp.QueueInfo{}, err
 	}
 	c, err := a.dialClient(ctx, append(opts, amqp.WithReplyMode(amqp.PerTask))...)
+	if err != nil {
+		return nil, amqp.QueueInfo{}, err
+	}
+	qi, err := c.QueueInfo(ctx, c.ReplyQueue(id))
+	if err != nil {
+		c.Close()
+		if ctx.Err() != nil {
+			return nil, qi, ctx.Err()
+		}
+		return nil, qi, fmt.Errorf("look up %s: %w", id, err)
+	}
+	return c, qi, nil
+}
+
+func (a *app) runResult(ctx context.Context, id string, wait bool, timeout time.Duration, keep bool, rf *replyFlags) error {
+	c, qi, err := a.lookUpReply(ctx, id, rf)
 	if err != nil {
 		return err
 	}
 	defer c.Close()
-
-	// Look before attaching: attaching declares the queue, and a typo
-	// should not leave one behind for a day, nor wait forever.
-	qi, err := c.QueueInfo(ctx, c.ReplyQueue(id))
-	if err != nil {
-		if ctx.Err() != nil {
-			return ctx.Err()
-		}
-		return fmt.Errorf("look up %s: %w", id, err)
-	}
 	noQueue := fmt.Sprintf("there is no reply queue %s, so the id is unknown, or its result expired or was deleted after it was read", c.ReplyQueue(id))
 	if !qi.Exists {
 		if wait {
