@@ -53,6 +53,10 @@ func taskMessage(id, replyTo string, i int) amqp091.Publishing {
 			"kwargsrepr":    "{}",
 			"origin":        origin,
 			"ignore_result": false,
+			// Celery 5.3+ clients send these three; so does stalk.
+			"replaced_task_nesting": int32(0),
+			"stamped_headers":       nil,
+			"stamps":                amqp091.Table{},
 		},
 		Body: body,
 	}
