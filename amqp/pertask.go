@@ -32,7 +32,7 @@ type perTaskReplies struct {
 	follows map[string]*follow
 	// down holds the entries whose queue's home node is down (a classic
 	// queue on a cluster node that died), until it is back.
-	down      map[string]*result.Entry
+	down      map[string]downEntry
 	watchOnce sync.Once
 }
 
@@ -59,7 +59,7 @@ type follow struct {
 }
 
 func newPerTaskReplies(c *consumer) *perTaskReplies {
-	p := &perTaskReplies{c: c, prefix: c.cfg.replyPrefix, follows: make(map[string]*follow), down: make(map[string]*result.Entry)}
+	p := &perTaskReplies{c: c, prefix: c.cfg.replyPrefix, follows: make(map[string]*follow), down: make(map[string]downEntry)}
 	p.lanes = make([]*lane, c.cfg.lanes)
 	for i := range p.lanes {
 		p.lanes[i] = &lane{idx: i}

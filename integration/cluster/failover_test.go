@@ -288,6 +288,12 @@ func TestClusterClassicReplyQueueLost(t *testing.T) {
 
 	require.NoError(t, cluster.Start(ctx, 1))
 	t.Logf("node 1 back after %s", time.Since(killed).Round(time.Millisecond))
+	// One pending result was marked unreachable once for the outage, not
+	// once for every look at the node while it was down.
+	un := modes["per-task"].Stats().Unreachable
+	t.Logf("per-task: marked unreachable %d time(s) during the outage", un)
+	assert.GreaterOrEqual(t, un, int64(1))
+	assert.LessOrEqual(t, un, int64(2), "warned once per outage")
 	for mode, r := range slow {
 		v, err := r.Get(ctx)
 		require.NoError(t, err, "%s: the result arrives once the node is back", mode)

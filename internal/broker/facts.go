@@ -164,6 +164,24 @@ func QueueExistsOn(conn *amqp091.Connection, name string) (amqp091.Queue, bool, 
 	return q, true, nil
 }
 
+// ConsumeProbe sets up a consumer on queue on a channel of its own, and
+// closes the channel again: whether a consumer can be set up there now
+// (a classic queue whose home node is down refuses it with a 404 that
+// HomeNodeDown reads). A message delivered to the probe before the close
+// goes back to the queue.
+func ConsumeProbe(conn *amqp091.Connection, queue string) error {
+	ch, err := conn.Channel()
+	if err != nil {
+		return err
+	}
+	defer ch.Close()
+	if err := ch.Qos(1, 0, false); err != nil {
+		return err
+	}
+	_, err = ch.Consume(queue, "", false, false, false, false, nil)
+	return err
+}
+
 // IsCode reports whether err is an AMQP error with the given reply code.
 func IsCode(err error, code int) bool {
 	var ae *amqp091.Error
