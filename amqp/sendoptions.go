@@ -142,8 +142,10 @@ func plainValue(v any) any {
 }
 
 // amqpTable turns plain maps into amqp091 tables, recursively, for the
-// wire. It converts m in place (an amqp091.Table is a map[string]any) and
-// copies only what holds a nested map: m must not be used afterwards.
+// wire. It converts m itself in place (an amqp091.Table is a
+// map[string]any), so m must be the caller's own, fresh map, not to be
+// used afterwards; the maps and slices nested in it may be the user's, and
+// are copied where they hold a map, never changed.
 func amqpTable(m map[string]any) amqp091.Table {
 	if m == nil {
 		return nil
@@ -156,12 +158,19 @@ func amqpTable(m map[string]any) amqp091.Table {
 	return amqp091.Table(m)
 }
 
-// amqpValue returns v with its maps as amqp091 tables, and whether that
-// changed anything.
+// amqpValue returns v with its maps as amqp091 tables, copying what it
+// changes, and whether it changed anything.
 func amqpValue(v any) (any, bool) {
 	switch t := v.(type) {
 	case map[string]any:
-		return amqpTable(t), true
+		if len(t) == 0 {
+			return amqp091.Table(nil), true // the same empty table on the wire
+		}
+		out := make(amqp091.Table, len(t))
+		for k, x := range t {
+			out[k], _ = amqpValue(x)
+		}
+		return out, true
 	case []any:
 		var out []any
 		for i, x := range t {
