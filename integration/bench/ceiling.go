@@ -18,6 +18,13 @@ import (
 // the timed part: they would expire (x-expires cfg.ceilingExpires), and are
 // deleted after the timed part, untimed. It returns queues/s.
 func runCeiling(ctx context.Context, cfg *config, n int) (perS, cpuUs float64, err error) {
+	return runCeilingWith(ctx, cfg, n, "ceil", nil)
+}
+
+// runCeilingWith is runCeiling with extra queue arguments (x-queue-type
+// quorum, for the cluster's quorum ceiling); the queues are named
+// <prefix>-<stem>-<i>.
+func runCeilingWith(ctx context.Context, cfg *config, n int, stem string, extra amqp091.Table) (perS, cpuUs float64, err error) {
 	conn, err := dial(cfg.url, cfg.prefix+" ceiling")
 	if err != nil {
 		return 0, 0, err
@@ -34,6 +41,9 @@ func runCeiling(ctx context.Context, cfg *config, n int) (perS, cpuUs float64, e
 		}
 	}
 	args := amqp091.Table{"x-expires": int32(cfg.ceilingExpires / time.Millisecond)}
+	for k, v := range extra {
+		args[k] = v
+	}
 	names := make([]string, n)
 	var next atomic.Int64
 	errc := make(chan error, lanes)
@@ -49,7 +59,7 @@ func runCeiling(ctx context.Context, cfg *config, n int) (perS, cpuUs float64, e
 				if i >= n {
 					return
 				}
-				q := cfg.prefix + "-ceil-" + strconv.Itoa(i)
+				q := cfg.prefix + "-" + stem + "-" + strconv.Itoa(i)
 				names[i] = q
 				if _, err := ch.QueueDeclare(q, true, false, false, false, args); err != nil {
 					errc <- fmt.Errorf("declare: %w", err)

@@ -7,6 +7,7 @@
 //	go run ./integration/bench -json           # ... and a JSON object on the last line
 //	go run ./integration/bench -smoke          # tiny N of every part; non-zero exit on failure
 //	go run ./integration/bench -mode floor,shared -n 50000 -window 128
+//	go run ./integration/bench -cluster -json  # quorum against classic on a 3-node cluster
 //
 // The broker is $STALK_BROKER_URL or amqp://guest:guest@127.0.0.1:5672/.
 // Every queue and exchange it creates is named stalk-bench-<random>-… and
@@ -36,6 +37,13 @@
 // 3) runs floor and shared back to back, then the ceiling and per-task;
 // throughputs are the median round, ratios the median of the rounds'
 // ratios.
+//
+// With -cluster it starts a 3-node RabbitMQ cluster (integration/harness
+// StartCluster, ports 5681-5683, beside the default node) and measures,
+// instead of the modes above, on node 1: stalk's shared mode with a quorum
+// reply queue against a classic one, and the per-task queue ceiling of
+// quorum queues against classic ones (stalk refuses per-task quorum reply
+// queues; the ceiling says what they would cost), with the same rounds.
 package main
 
 import (
@@ -81,6 +89,9 @@ type config struct {
 	smoke          bool
 	workerChannels int
 	workerPrefetch int
+	// -cluster: quorum against classic reply queues on a 3-node cluster
+	cluster         bool
+	clusterCeilingN int
 }
 
 func (c *config) warmup() int {
@@ -146,6 +157,8 @@ func run() int {
 	flag.BoolVar(&cfg.jsonOut, "json", false, "print one JSON object on the last line")
 	flag.BoolVar(&cfg.smoke, "smoke", false, "tiny N of every mode; exit non-zero if any part fails")
 	flag.DurationVar(&cfg.partTimeout, "timeout", 5*time.Minute, "limit for each part of the run (one mode in one round)")
+	flag.BoolVar(&cfg.cluster, "cluster", false, "start a 3-node cluster (ports 5681-5683) and measure shared mode with a quorum against a classic reply queue, and the per-task queue ceiling of quorum against classic queues, instead of the single-node modes")
+	flag.IntVar(&cfg.clusterCeilingN, "cluster-ceilingn", 500, "queues per ceiling run with -cluster (quorum and classic alike)")
 	cpuprofile := flag.String("cpuprofile", "", "write a CPU profile of the whole run (client, floor and echo worker) to this file")
 	flag.Parse()
 	cfg.ceilingExpires = 30 * time.Second
@@ -153,6 +166,7 @@ func run() int {
 	if cfg.smoke {
 		cfg.n, cfg.seq, cfg.pyN, cfg.ceilingN, cfg.pertaskN, cfg.pending, cfg.rounds = 200, 50, 100, 200, 200, 2000, 1
 		cfg.pendingPerTask = 200
+		cfg.clusterCeilingN = 50
 		if cfg.partTimeout > 2*time.Minute {
 			cfg.partTimeout = 2 * time.Minute
 		}
@@ -160,8 +174,8 @@ func run() int {
 			cfg.window = 32
 		}
 	}
-	if cfg.n <= 0 || cfg.window <= 0 || cfg.seq <= 0 || cfg.lanes <= 0 || cfg.rounds <= 0 {
-		fmt.Fprintln(os.Stderr, "bench: -n, -window, -seq, -lanes and -rounds must be positive")
+	if cfg.n <= 0 || cfg.window <= 0 || cfg.seq <= 0 || cfg.lanes <= 0 || cfg.rounds <= 0 || cfg.clusterCeilingN <= 0 {
+		fmt.Fprintln(os.Stderr, "bench: -n, -window, -seq, -lanes, -rounds and -cluster-ceilingn must be positive")
 		return 2
 	}
 	cfg.modes = map[string]bool{}
@@ -205,12 +219,21 @@ func run() int {
 	defer unlock()
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	rep, err := bench(ctx, cfg)
+	var rep *report
+	if cfg.cluster {
+		rep, err = runCluster(ctx, cfg)
+	} else {
+		rep, err = bench(ctx, cfg)
+	}
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "bench:", err)
 		return 1
 	}
-	rep.print(os.Stdout, cfg)
+	if cfg.cluster {
+		rep.printCluster(os.Stdout, cfg)
+	} else {
+		rep.print(os.Stdout, cfg)
+	}
 	if cfg.jsonOut {
 		enc := json.NewEncoder(os.Stdout)
 		enc.SetEscapeHTML(false)
@@ -238,7 +261,8 @@ type report struct {
 	roundRatios struct {
 		sharedVsFloor, sharedP50VsFloor, pertaskVsCeiling []float64
 	}
-	notes []string
+	notes   []string
+	cluster *clusterReport // -cluster only
 }
 
 // channelsFromClient reports whether any channel count in the report came
@@ -544,6 +568,7 @@ func (r *report) jsonObject() map[string]any {
 		"shared_vs_python>=15":          cmp(o["shared_vs_python"], func(f float64) bool { return f >= 15 }),
 		"pending100k_rss_mb<=200":       cmp(o["pending100k_rss_mb"], func(f float64) bool { return f <= 200 }),
 	}
+	r.clusterJSON(o)
 	return o
 }
 

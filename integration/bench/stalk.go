@@ -14,8 +14,9 @@ import (
 
 // stalkClient dials the stalk client for a bench mode. Connection names
 // start with cfg.prefix + " " + tag, so that rabbitmqctl can count its
-// channels; per-task reply queues are named cfg.prefix-reply-<id>.
-func stalkClient(ctx context.Context, cfg *config, mode, tag string) (*amqp.Client, error) {
+// channels; per-task reply queues are named cfg.prefix-reply-<id>. extra
+// options come last.
+func stalkClient(ctx context.Context, cfg *config, mode, tag string, extra ...amqp.Option) (*amqp.Client, error) {
 	opts := []amqp.Option{
 		amqp.WithLogger(zerolog.Nop()),
 		amqp.WithConnectionName(cfg.prefix + " " + tag),
@@ -33,6 +34,7 @@ func stalkClient(ctx context.Context, cfg *config, mode, tag string) (*amqp.Clie
 	default:
 		return nil, fmt.Errorf("unknown stalk mode %q", mode)
 	}
+	opts = append(opts, extra...)
 	dctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
 	return amqp.Dial(dctx, cfg.url, opts...)
