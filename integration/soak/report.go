@@ -188,7 +188,8 @@ type summary struct {
 	Processed      int64          `json:"worker_results"` // results the echo worker published (redeliveries included)
 	Faults         []faultRecord  `json:"faults"`
 	LostTasks      []string       `json:"lost_tasks,omitempty"` // the first few
-	Problems       []string       `json:"problems,omitempty"`   // the first wrong, failed and settled-twice tasks
+	LostByCause    map[string]int `json:"lost_by_cause,omitempty"`
+	Problems       []string       `json:"problems,omitempty"` // the first wrong, failed and settled-twice tasks
 	Interrupted    string         `json:"interrupted,omitempty"`
 	Result         string         `json:"result"` // PASS or FAIL
 }
@@ -271,17 +272,27 @@ func (s *soak) summarize(ctx context.Context, drained time.Duration) summary {
 			sum.Problems = append(sum.Problems, fmt.Sprintf("failed task %d (%s): at the end its reply queue %s does not exist", t.seq, t.r.ID(), q))
 		}
 	}
+	var causeOf map[*task]string
+	sum.LostByCause, causeOf = s.lostByCause(lost, faults, brokerView)
+	// Look closer at up to 4 lost tasks of each cause, 12 in all.
+	perCause := map[string]int{}
+	var pick []*task
+	for _, t := range lost {
+		if c := causeOf[t]; perCause[c] < 4 && len(pick) < 12 {
+			perCause[c]++
+			pick = append(pick, t)
+		}
+	}
 	describeUntil := time.Now().Add(time.Minute)
-	for i, t := range lost {
+	for i, t := range pick {
 		if time.Now().After(describeUntil) {
-			sum.LostTasks = append(sum.LostTasks, fmt.Sprintf("... and %d more (not looked at: out of time)", len(lost)-i))
+			sum.LostTasks = append(sum.LostTasks, fmt.Sprintf("... %d more not looked at (out of time)", len(pick)-i))
 			break
 		}
-		if i == 10 {
-			sum.LostTasks = append(sum.LostTasks, fmt.Sprintf("... and %d more", len(lost)-10))
-			break
-		}
-		sum.LostTasks = append(sum.LostTasks, s.describeLost(t, faults, brokerView))
+		sum.LostTasks = append(sum.LostTasks, "["+causeOf[t]+"] "+s.describeLost(t, faults, brokerView))
+	}
+	if len(lost) > len(pick) {
+		sum.LostTasks = append(sum.LostTasks, fmt.Sprintf("... and %d more", len(lost)-len(pick)))
 	}
 	sum.Result = "PASS"
 	if sum.failed() {
@@ -345,6 +356,66 @@ func (s *soak) describeLost(t *task, faults []faultRecord, brokerView map[string
 	return b.String()
 }
 
+// lostByCause sorts the lost tasks by the fault that struck while they
+// were in flight: the first fault within 3 s after the task was sent, and
+// whether it hit the node of the task's reply queue (a classic queue's
+// transient results go with its node), or none.
+func (s *soak) lostByCause(lost []*task, faults []faultRecord, brokerView map[string]string) (map[string]int, map[*task]string) {
+	if len(lost) == 0 {
+		return nil, nil
+	}
+	m := map[string]int{}
+	of := map[*task]string{}
+	for _, t := range lost {
+		at := t.sent.Sub(s.start).Seconds()
+		cause := "no fault within 3 s after it was sent"
+		for _, f := range faults {
+			if f.At >= at-0.5 && f.At-at < 3 {
+				cause = "sent up to 3 s before a " + f.Kind
+				if s.cfg.mode == amqp.PerTask && f.Node > 0 {
+					if n := nodeIn(brokerView[s.client.ReplyQueue(t.r.ID())]); n == f.Node {
+						cause += " of its reply queue's node"
+					} else if n > 0 {
+						cause += fmt.Sprintf(" (node %d; its reply queue is on node %d)", f.Node, n)
+					}
+				}
+				break
+			}
+		}
+		if strings.HasPrefix(cause, "no fault") {
+			// Sent while a faulted node was down (from the fault until it
+			// had started again)?
+			for _, f := range faults {
+				back := f.At + s.cfg.down.Seconds() + f.Restart
+				if f.Node > 0 && at >= f.At && at <= back {
+					cause = fmt.Sprintf("sent while node %d was down after a %s", f.Node, f.Kind)
+					if n := nodeIn(brokerView[s.client.ReplyQueue(t.r.ID())]); n > 0 && s.cfg.mode == amqp.PerTask {
+						if n == f.Node {
+							cause += ", its reply queue on that node"
+						} else {
+							cause += ", its reply queue on a node that was up"
+						}
+					}
+					break
+				}
+			}
+		}
+		m[cause]++
+		of[t] = cause
+	}
+	return m, of
+}
+
+// nodeIn finds the cluster node in a queueCounts description.
+func nodeIn(desc string) int {
+	for i := 1; i <= 3; i++ {
+		if strings.Contains(desc, fmt.Sprintf("on stalkc%d@", i)) {
+			return i
+		}
+	}
+	return 0
+}
+
 // queueCounts returns, for the run's reply queues, what rabbitmqctl says
 // of them: ready and unacknowledged messages and consumers. An
 // unacknowledged message with a consumer is a result the broker delivered
@@ -378,6 +449,16 @@ func (s *soak) printSummary(sum summary) {
 		}
 	}
 	fmt.Printf("recovery: %s\n", recoveryStats(sum.Faults))
+	if len(sum.LostByCause) > 0 {
+		var causes []string
+		for c := range sum.LostByCause {
+			causes = append(causes, c)
+		}
+		sort.Strings(causes)
+		for _, c := range causes {
+			fmt.Printf("lost by cause: %d %s\n", sum.LostByCause[c], c)
+		}
+	}
 	for _, l := range sum.LostTasks {
 		fmt.Println("lost:", l)
 	}
