@@ -40,8 +40,12 @@ type replyMode interface {
 	// done settles m's delivery once the loop has handled it; meta is nil
 	// for a malformed message.
 	done(m inbound, meta *result.Meta)
-	// idle is called when the loop has nothing queued.
-	idle()
+	// idle is called when the loop has nothing queued; it reports whether
+	// the mode has work to flush later (batched acknowledgements), for
+	// which the loop calls flush after ackDelay unless more comes first.
+	idle() bool
+	// flush does that work now.
+	flush()
 	// channels is the number of AMQP channels the mode keeps open.
 	channels() int
 }
@@ -155,16 +159,31 @@ func (c *consumer) hook(ctx context.Context, conn *amqp091.Connection) error {
 	return c.mode.setup(conn, gen)
 }
 
+// ackDelay is how long the loop holds batched acknowledgements once it has
+// nothing to do: a result a second costs one ack frame per 64 or per
+// ackDelay, not one per result. Unacknowledged deliveries stay bounded by
+// the prefetch, and a reconnect redelivers them (counted as duplicates).
+const ackDelay = 20 * time.Millisecond
+
 func (c *consumer) loop() {
 	defer c.wg.Done()
+	flush := time.NewTimer(ackDelay)
+	flush.Stop()
+	armed := false
 	for {
 		select {
 		case m := <-c.in:
 			c.handle(m)
-			if len(c.in) == 0 {
-				c.mode.idle()
+			if len(c.in) == 0 && c.mode.idle() && !armed {
+				flush.Reset(ackDelay)
+				armed = true
 			}
+		case <-flush.C:
+			armed = false
+			c.mode.flush()
 		case <-c.done:
+			flush.Stop()
+			c.mode.flush()
 			return
 		}
 	}

@@ -69,7 +69,8 @@ func newPerTaskReplies(c *consumer) *perTaskReplies {
 
 func (p *perTaskReplies) queueFor(id string) string { return p.prefix + id }
 func (p *perTaskReplies) channels() int             { return len(p.lanes) }
-func (p *perTaskReplies) idle()                     {}
+func (p *perTaskReplies) idle() bool                { return false }
+func (p *perTaskReplies) flush()                    {}
 
 // setup reopens every lane, then re-follows every pending result.
 func (p *perTaskReplies) setup(conn *amqp091.Connection, gen uint64) error {

@@ -30,7 +30,8 @@ type sharedReplies struct {
 
 	// Acknowledgements are batched: the last delivery not yet acknowledged,
 	// and how many it covers. Loop goroutine only.
-	ackLast    *amqp091.Delivery
+	ackBy      amqp091.Acknowledger // the channel of the last delivery not acknowledged yet
+	ackTag     uint64               // and its tag
 	ackPending int
 }
 
@@ -218,24 +219,36 @@ func (s *sharedReplies) take(inbound) bool                            { return t
 // shared channel is acknowledged once handled, so a multiple-ack never
 // covers one that must stay.
 func (s *sharedReplies) done(m inbound, _ *result.Meta) {
-	d := &m.d
-	if s.ackLast != nil && s.ackLast.Acknowledger != d.Acknowledger {
-		s.idle() // the channel changed (a reconnect)
+	if s.ackBy != nil && s.ackBy != m.d.Acknowledger {
+		s.flush() // the channel changed (a reconnect)
 	}
-	s.ackLast = d
+	s.ackBy, s.ackTag = m.d.Acknowledger, m.d.DeliveryTag
 	s.ackPending++
-	if s.ackPending >= ackBatch {
-		s.idle()
+	if s.ackPending >= s.ackEvery() {
+		s.flush()
 	}
 }
 
-// idle flushes the batched acknowledgement.
-func (s *sharedReplies) idle() {
-	if s.ackLast == nil {
+// ackEvery is how many deliveries one acknowledgement covers at most:
+// ackBatch, or half the prefetch when that is smaller, so that the broker
+// never waits for an acknowledgement the loop is holding.
+func (s *sharedReplies) ackEvery() int {
+	if pf := s.c.cfg.prefetch / 2; pf > 0 && pf < ackBatch {
+		return pf
+	}
+	return ackBatch
+}
+
+// idle reports whether acknowledgements are waiting for a flush.
+func (s *sharedReplies) idle() bool { return s.ackBy != nil }
+
+// flush sends the batched acknowledgement.
+func (s *sharedReplies) flush() {
+	if s.ackBy == nil {
 		return
 	}
-	_ = s.ackLast.Ack(s.ackPending > 1)
-	s.ackLast, s.ackPending = nil, 0
+	_ = s.ackBy.Ack(s.ackTag, s.ackPending > 1)
+	s.ackBy, s.ackPending = nil, 0
 }
 
 // deleted runs on the loop when the broker cancelled the shared consumer:
@@ -248,7 +261,7 @@ func (s *sharedReplies) deleted() {
 	if cerr == nil {
 		_, _, qerr := broker.QueueExistsOn(conn, s.queue)
 		if node, down := broker.HomeNodeDown(qerr); down {
-			s.idle()
+			s.flush()
 			s.markDown(node)
 			return
 		}
@@ -258,7 +271,7 @@ func (s *sharedReplies) deleted() {
 	c.log.Error().Str("queue", s.queue).Msg("shared reply queue deleted; failing pending results and redeclaring it")
 	// Redeclare and re-consume first, so that tasks sent from now on have
 	// a queue to be answered on; a reconnect does it if the channel died.
-	s.idle()
+	s.flush()
 	if ch := s.ch.Load(); ch == nil || s.consume(ch) != nil {
 		c.conn.Reset(err)
 	}

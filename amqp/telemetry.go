@@ -2,7 +2,6 @@ package amqp
 
 import (
 	"context"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -60,22 +59,36 @@ type telemetry struct {
 	// attrs caches the attribute sets of the metrics, by their values:
 	// task names, queues and states are few, and a set built once costs
 	// nothing per task.
-	attrs sync.Map // string → metric.MeasurementOption
+	attrMu sync.RWMutex
+	attrs  map[attrKey]metric.MeasurementOption
+	starts map[string]spanStart // by task name
 }
 
-// attrOpt returns the cached attribute option for the pairs kv (key,
-// value, key, value...).
-func (t *telemetry) attrOpt(kv ...string) metric.MeasurementOption {
-	key := strings.Join(kv, "\x00")
-	if o, ok := t.attrs.Load(key); ok {
-		return o.(metric.MeasurementOption)
+// attrKey is two attribute pairs; the keys are the call site's constants.
+type attrKey struct{ k1, v1, k2, v2 string }
+
+// maxAttrSets bounds the cache: past it (many task names), sets are built
+// per call instead of kept.
+const maxAttrSets = 4096
+
+// attrOpt returns the cached attribute option for the pairs k1=v1, k2=v2.
+func (t *telemetry) attrOpt(k1, v1, k2, v2 string) metric.MeasurementOption {
+	key := attrKey{k1, v1, k2, v2}
+	t.attrMu.RLock()
+	o, ok := t.attrs[key]
+	t.attrMu.RUnlock()
+	if ok {
+		return o
 	}
-	as := make([]attribute.KeyValue, 0, len(kv)/2)
-	for i := 0; i+1 < len(kv); i += 2 {
-		as = append(as, attribute.String(kv[i], kv[i+1]))
+	o = metric.WithAttributeSet(attribute.NewSet(attribute.String(k1, v1), attribute.String(k2, v2)))
+	t.attrMu.Lock()
+	if t.attrs == nil {
+		t.attrs = make(map[attrKey]metric.MeasurementOption)
 	}
-	o := metric.WithAttributeSet(attribute.NewSet(as...))
-	t.attrs.Store(key, o)
+	if len(t.attrs) < maxAttrSets {
+		t.attrs[key] = o
+	}
+	t.attrMu.Unlock()
 	return o
 }
 
@@ -178,16 +191,15 @@ func (h headerCarrier) Keys() []string {
 func (t *telemetry) startSends(ctx context.Context, p *celery.Plan) []trace.Span {
 	spans := make([]trace.Span, len(p.Chains))
 	prop := t.propagatorOrGlobal()
+	inject := len(prop.Fields()) > 0 // none: the global default, a no-op
 	for i, ch := range p.Chains {
 		first := ch.Tasks[0]
-		sctx, span := t.tracer.Start(ctx, "send "+first.Name, trace.WithSpanKind(trace.SpanKindProducer),
-			trace.WithAttributes(
-				attribute.String("messaging.system", "rabbitmq"),
-				attribute.String("messaging.operation.type", "send"),
-				attribute.String("messaging.operation.name", "send"),
-				attribute.String("celery.task_name", first.Name),
-			))
+		st := t.sendStart(first.Name)
+		sctx, span := t.tracer.Start(ctx, st.name, st.opts...)
 		spans[i] = span
+		if !inject {
+			continue
+		}
 		carrier := headerCarrier{}
 		prop.Inject(sctx, carrier)
 		if len(carrier) == 0 {
@@ -205,6 +217,41 @@ func (t *telemetry) startSends(ctx context.Context, p *celery.Plan) []trace.Span
 		}
 	}
 	return spans
+}
+
+// spanStart is the name and start options of a task's send span.
+type spanStart struct {
+	name string
+	opts []trace.SpanStartOption
+}
+
+// sendStart returns the send span's name and options for task, built once
+// per task name (up to maxAttrSets of them).
+func (t *telemetry) sendStart(task string) spanStart {
+	t.attrMu.RLock()
+	st, ok := t.starts[task]
+	t.attrMu.RUnlock()
+	if ok {
+		return st
+	}
+	st = spanStart{name: "send " + task, opts: []trace.SpanStartOption{
+		trace.WithSpanKind(trace.SpanKindProducer),
+		trace.WithAttributes(
+			attribute.String("messaging.system", "rabbitmq"),
+			attribute.String("messaging.operation.type", "send"),
+			attribute.String("messaging.operation.name", "send"),
+			attribute.String("celery.task_name", task),
+		),
+	}}
+	t.attrMu.Lock()
+	if t.starts == nil {
+		t.starts = make(map[string]spanStart)
+	}
+	if len(t.starts) < maxAttrSets {
+		t.starts[task] = st
+	}
+	t.attrMu.Unlock()
+	return st
 }
 
 // sent records a published message on its span and in the metrics.

@@ -1,7 +1,5 @@
 package result
 
-import "regexp"
-
 // State is a Celery task state. Custom states (such as "PROGRESS" from
 // update_state) are States too.
 type State string
@@ -69,9 +67,21 @@ func (s State) precedence() int {
 // meaning s logically happened before t.
 func (s State) Precedes(t State) bool { return s.precedence() < t.precedence() }
 
-var stateName = regexp.MustCompile(`^[A-Za-z][A-Za-z0-9_.\-]{0,63}$`)
-
-// validWireState reports whether s may appear in a result message.
+// validWireState reports whether s may appear in a result message: not
+// PENDING, and a name of 1 to 64 characters, a letter and then letters,
+// digits, "_", "." or "-".
 func validWireState(s State) bool {
-	return s != Pending && stateName.MatchString(string(s))
+	if s == Pending || len(s) == 0 || len(s) > 64 {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		switch {
+		case 'A' <= c && c <= 'Z', 'a' <= c && c <= 'z':
+		case i > 0 && ('0' <= c && c <= '9' || c == '_' || c == '.' || c == '-'):
+		default:
+			return false
+		}
+	}
+	return true
 }

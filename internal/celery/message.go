@@ -55,6 +55,16 @@ func IsoTime(t time.Time) string {
 	return t.UTC().Format("2006-01-02T15:04:05.000000") + "+00:00"
 }
 
+// Shared header values: a message's headers are read, never changed, once
+// built (a stamp or a header of the user's replaces the value, not its
+// contents). They save the hot path an allocation each.
+var (
+	originValue  any = Origin
+	noTimeLimit      = []any{nil, nil}
+	noStamps         = map[string]any{}
+	builtHeaders     = 19 // the headers Build always writes
+)
+
 // Build validates c and builds the task message for task name. replyTo is
 // the reply queue unless c.ReplyTo overrides it ("" for no reply). Nothing
 // is published; a bad argument is reported here.
@@ -90,27 +100,30 @@ func Build(name string, c *Call, replyTo string) (*Message, error) {
 		root = c.TaskID
 	}
 	argsRepr, kwRepr := ArgsRepr(args), KwargsRepr(kwargs)
-	h := map[string]any{
-		"lang":                  "go",
-		"task":                  name,
-		"id":                    c.TaskID,
-		"shadow":                nil,
-		"eta":                   nil,
-		"expires":               nil,
-		"group":                 nil,
-		"group_index":           nil,
-		"retries":               int32(0),
-		"timelimit":             []any{optFloat(c.HardLimit), optFloat(c.SoftLimit)},
-		"root_id":               root,
-		"parent_id":             nil,
-		"argsrepr":              argsRepr,
-		"kwargsrepr":            kwRepr,
-		"origin":                Origin,
-		"ignore_result":         c.Ignore,
-		"replaced_task_nesting": int32(0),
-		"stamped_headers":       nil,
-		"stamps":                map[string]any{},
+	h := make(map[string]any, builtHeaders+len(c.Headers))
+	h["lang"] = "go"
+	h["task"] = name
+	h["id"] = c.TaskID
+	h["shadow"] = nil
+	h["eta"] = nil
+	h["expires"] = nil
+	h["group"] = nil
+	h["group_index"] = nil
+	h["retries"] = int32(0)
+	if c.HardLimit == nil && c.SoftLimit == nil {
+		h["timelimit"] = noTimeLimit
+	} else {
+		h["timelimit"] = []any{optFloat(c.HardLimit), optFloat(c.SoftLimit)}
 	}
+	h["root_id"] = root
+	h["parent_id"] = nil
+	h["argsrepr"] = argsRepr
+	h["kwargsrepr"] = kwRepr
+	h["origin"] = originValue
+	h["ignore_result"] = c.Ignore
+	h["replaced_task_nesting"] = int32(0)
+	h["stamped_headers"] = nil
+	h["stamps"] = noStamps
 	if c.Shadow != "" {
 		h["shadow"] = c.Shadow
 	}

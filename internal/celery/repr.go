@@ -22,15 +22,131 @@ const reprLevels = 3
 // ArgsRepr is Celery's argsrepr header: saferepr(args, 1024) of the
 // positional arguments as a tuple, as the worker will see them after
 // decoding the JSON body: "(2, 3)", "(2,)", "()".
-func ArgsRepr(args []any) string { return saferepr(pyTuple(toPy(args).([]any)), ReprLimit) }
+func ArgsRepr(args []any) string {
+	if s, ok := flatArgsRepr(args); ok {
+		return s
+	}
+	return saferepr(pyTuple(toPy(args).([]any)), ReprLimit)
+}
 
 // KwargsRepr is Celery's kwargsrepr header: saferepr(kwargs, 1024), keys in
 // the order the JSON body has them (sorted).
 func KwargsRepr(kwargs map[string]any) string {
-	if kwargs == nil {
+	if len(kwargs) == 0 {
 		return "{}"
 	}
+	if s, ok := flatKwargsRepr(kwargs); ok {
+		return s
+	}
 	return saferepr(toPy(kwargs), ReprLimit)
+}
+
+// flatArgsRepr is ArgsRepr for the common case, written directly: every
+// argument a scalar (None, a bool, a number or a valid UTF-8 string), and
+// the whole well under the limit, where saferepr cuts nothing. ok is false
+// for anything else, which saferepr writes.
+func flatArgsRepr(args []any) (string, bool) {
+	b := make([]byte, 0, 16*len(args)+4)
+	b = append(b, '(')
+	for i, a := range args {
+		if i > 0 {
+			b = append(b, ", "...)
+		}
+		var ok bool
+		if b, ok = appendScalarRepr(b, a); !ok {
+			return "", false
+		}
+	}
+	if len(args) == 1 {
+		b = append(b, ',')
+	}
+	b = append(b, ')')
+	// Below the limit, no token meets a budget it would exceed (see
+	// saferepr), so nothing is cut.
+	if utf8.RuneCount(b) >= ReprLimit {
+		return "", false
+	}
+	return string(b), true
+}
+
+// flatKwargsRepr is KwargsRepr's flatArgsRepr.
+func flatKwargsRepr(kwargs map[string]any) (string, bool) {
+	keys := make([]string, 0, len(kwargs))
+	for k := range kwargs {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	b := make([]byte, 0, 24*len(kwargs)+2)
+	b = append(b, '{')
+	for i, k := range keys {
+		if i > 0 {
+			b = append(b, ", "...)
+		}
+		var ok bool
+		if b, ok = appendScalarRepr(b, k); !ok {
+			return "", false
+		}
+		b = append(b, ": "...)
+		if b, ok = appendScalarRepr(b, kwargs[k]); !ok {
+			return "", false
+		}
+	}
+	b = append(b, '}')
+	if utf8.RuneCount(b) >= ReprLimit {
+		return "", false
+	}
+	return string(b), true
+}
+
+// appendScalarRepr appends saferepr's text for a scalar v; ok is false if
+// v is not one.
+func appendScalarRepr(b []byte, v any) ([]byte, bool) {
+	switch t := v.(type) {
+	case nil:
+		return append(b, "None"...), true
+	case bool:
+		if t {
+			return append(b, "True"...), true
+		}
+		return append(b, "False"...), true
+	case string:
+		if !utf8.ValidString(t) {
+			return b, false
+		}
+		b = append(b, '\'')
+		for i := 0; i < len(t); i++ {
+			if t[i] == '\'' {
+				b = append(b, '\\')
+			}
+			b = append(b, t[i])
+		}
+		return append(b, '\''), true
+	case int:
+		return strconv.AppendInt(b, int64(t), 10), true
+	case int8:
+		return strconv.AppendInt(b, int64(t), 10), true
+	case int16:
+		return strconv.AppendInt(b, int64(t), 10), true
+	case int32:
+		return strconv.AppendInt(b, int64(t), 10), true
+	case int64:
+		return strconv.AppendInt(b, t, 10), true
+	case uint:
+		return strconv.AppendUint(b, uint64(t), 10), true
+	case uint8:
+		return strconv.AppendUint(b, uint64(t), 10), true
+	case uint16:
+		return strconv.AppendUint(b, uint64(t), 10), true
+	case uint32:
+		return strconv.AppendUint(b, uint64(t), 10), true
+	case uint64:
+		return strconv.AppendUint(b, t, 10), true
+	case float64:
+		return append(b, PyFloat(t, 64)...), true
+	case float32:
+		return append(b, PyFloat(float64(t), 32)...), true
+	}
+	return b, false
 }
 
 // Python values a JSON body decodes into.

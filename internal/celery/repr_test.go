@@ -3,7 +3,11 @@ package celery
 import (
 	"bytes"
 	"encoding/json"
+	"fmt"
+	"math"
+	"math/rand/v2"
 	"os"
+	"strings"
 	"testing"
 
 	"github.com/stretchr/testify/assert"
@@ -75,4 +79,60 @@ func TestAppendJSONFloats(t *testing.T) {
 	require.NoError(t, json.Unmarshal(b, &back))
 	_, err = AppendJSON(nil, []any{func() {}})
 	assert.Error(t, err)
+}
+
+// The direct path for flat arguments writes what saferepr writes, including
+// at and past the limit, where it hands over to saferepr.
+func TestFlatReprMatchesSaferepr(t *testing.T) {
+	rng := rand.New(rand.NewPCG(1, 2))
+	scalar := func() any {
+		switch rng.IntN(9) {
+		case 0:
+			return nil
+		case 1:
+			return rng.IntN(2) == 0
+		case 2:
+			return rng.Int64() - rng.Int64()
+		case 3:
+			return rng.Uint32()
+		case 4:
+			return []float64{0, math.Copysign(0, -1), 1.5, 2, 1e20, 1e-7, math.Inf(1), math.NaN(), 123456789012345678}[rng.IntN(9)]
+		case 5:
+			return float32(rng.Float64())
+		case 6:
+			return int8(rng.IntN(256) - 128)
+		default:
+			parts := []string{"a", " ", "'", `\`, "é", "日本", "\n", "x y", strings.Repeat("w ", 40)}
+			var b strings.Builder
+			for range rng.IntN(30) {
+				b.WriteString(parts[rng.IntN(len(parts))])
+			}
+			return b.String()
+		}
+	}
+	fast := 0
+	for i := range 20000 {
+		args := make([]any, rng.IntN(1+i%40))
+		for j := range args {
+			args[j] = scalar()
+		}
+		want := saferepr(pyTuple(toPy(args).([]any)), ReprLimit)
+		got, ok := flatArgsRepr(args)
+		if ok {
+			fast++
+			require.Equal(t, want, got, "args %#v", args)
+		}
+		require.Equal(t, want, ArgsRepr(args))
+
+		kw := make(map[string]any, len(args))
+		for j, a := range args {
+			kw[fmt.Sprintf("k%d'%s", j, []string{"", "é", " x"}[j%3])] = a
+		}
+		want = saferepr(toPy(kw), ReprLimit)
+		if got, ok := flatKwargsRepr(kw); ok {
+			require.Equal(t, want, got, "kwargs %#v", kw)
+		}
+		require.Equal(t, want, KwargsRepr(kw))
+	}
+	assert.Greater(t, fast, 10000, "most of these take the direct path")
 }
