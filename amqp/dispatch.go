@@ -53,16 +53,24 @@ func (c *Client) dispatch(ctx context.Context, p *celery.Plan) (_ *sent, err err
 	tasks := fr.Tasks()
 	entries := make(map[*celery.Task]*result.Entry, len(tasks))
 	now := time.Now()
+	var ignored map[*celery.Task]*result.Entry
 	for _, t := range tasks {
-		if t.Call.Ignore {
-			continue
-		}
 		e := result.NewEntry(t.Call.TaskID)
 		queue := t.Call.RoutingKey
 		if queue == "" {
 			queue = t.Call.Queue
 		}
 		e.SetSendInfo(result.SendInfo{Name: t.Name, Args: t.Call.Args, Kwargs: t.Call.Kwargs, Queue: queue, Sent: now})
+		if t.Call.Ignore {
+			// No result will come: the entry only answers Name, Queue and
+			// the like, so that asking them never follows a reply queue
+			// nobody writes to. It is neither registered nor followed.
+			if ignored == nil {
+				ignored = make(map[*celery.Task]*result.Entry)
+			}
+			ignored[t] = e
+			continue
+		}
 		c.cons.reg.register(e)
 		entries[t] = e
 	}
@@ -90,6 +98,9 @@ func (c *Client) dispatch(ctx context.Context, p *celery.Plan) (_ *sent, err err
 			}
 			return nil, err
 		}
+	}
+	for t, e := range ignored {
+		entries[t] = e
 	}
 	return c.link(fr.Plan, entries), nil
 }

@@ -511,7 +511,8 @@ func (r *AsyncResult) watchParents() chan error {
 // value after SUCCESS, onError with the *TaskError after FAILURE or REVOKED,
 // or with the transport error (ErrClosed, ...). Either may be nil. They run
 // off the consumer's goroutine, in registration order. The returned promise
-// settles with the value or error once the callback has returned.
+// settles with the value or error once the callback has returned. For a
+// task sent with ignore_result, as with Get, onValue runs at once with nil.
 func (r *AsyncResult) Then(onValue func(v any), onError func(err error)) *promise.Promise[any] {
 	return r.ThenContext(context.Background(), onValue, onError)
 }
@@ -520,6 +521,9 @@ func (r *AsyncResult) Then(onValue func(v any), onError func(err error)) *promis
 // the callbacks are dropped, so they can be collected, and the returned
 // promise is rejected with ctx's error. (Celery's weak=True.)
 func (r *AsyncResult) ThenContext(ctx context.Context, onValue func(v any), onError func(err error)) *promise.Promise[any] {
+	if r.ignored {
+		return r.thenIgnored(onValue)
+	}
 	e := r.Entry()
 	if e == nil {
 		return promise.Rejected[any](ErrNoBackend)
@@ -565,4 +569,18 @@ func (r *AsyncResult) ThenContext(ctx context.Context, onValue func(v any), onEr
 		out.Resolve(m.Result)
 	})
 	return out
+}
+
+// thenIgnored settles Then of an ignored result: no result will come, so it
+// is nil, as Get returns.
+func (r *AsyncResult) thenIgnored(onValue func(v any)) (p *promise.Promise[any]) {
+	defer func() {
+		if v := recover(); v != nil {
+			p = promise.Rejected[any](fmt.Errorf("%w: %v", promise.ErrPanic, v))
+		}
+	}()
+	if onValue != nil {
+		onValue(nil)
+	}
+	return promise.Resolved[any](nil)
 }

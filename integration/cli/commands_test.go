@@ -698,8 +698,8 @@ func TestCLICallOptions(t *testing.T) {
 	o = call(t, ctx, "tasks.add", "1", "1", "--ignore-result")
 	require.Equal(t, 0, o.code, o)
 	id := strings.TrimSpace(o.stdout)
-	_, exists := harness.InspectQueue(t, replyPrefix+id)
-	assert.False(t, exists)
+	rq, exists := harness.InspectQueue(t, replyPrefix+id)
+	assert.False(t, exists, "reply queue %+v", rq)
 
 	// Topology: a queue stalk declares as quorum, by flag and by
 	// environment; one it must not declare.

@@ -141,6 +141,8 @@ func TestSendIgnoreResult(t *testing.T) {
 		r, err := c.Send(ctx, "tasks.touch", amqp.Args(path, token), amqp.IgnoreResult())
 		require.NoError(t, err)
 		assert.True(t, r.Ignored())
+		assert.Equal(t, "tasks.touch", r.Name())
+		assert.NotEmpty(t, r.Queue(), "what it was sent to")
 		v, err := r.Get(ctx)
 		require.NoError(t, err)
 		assert.Nil(t, v)
