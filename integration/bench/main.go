@@ -259,7 +259,7 @@ type report struct {
 	// Ratios of each round's back-to-back pair; the reported ratio is
 	// their median (with one round, simply that round's ratio).
 	roundRatios struct {
-		sharedVsFloor, sharedP50VsFloor, pertaskVsCeiling []float64
+		sharedVsFloor, sharedP50VsFloor, sharedCPUVsFloor, pertaskVsCeiling []float64
 	}
 	notes   []string
 	cluster *clusterReport // -cluster only
@@ -375,6 +375,9 @@ func bench(ctx context.Context, cfg *config) (*report, error) {
 		if floor.OK && shared.OK {
 			rep.roundRatios.sharedVsFloor = append(rep.roundRatios.sharedVsFloor, shared.PerS/floor.PerS)
 			rep.roundRatios.sharedP50VsFloor = append(rep.roundRatios.sharedP50VsFloor, shared.P50/floor.P50)
+			if floor.CPUus > 0 {
+				rep.roundRatios.sharedCPUVsFloor = append(rep.roundRatios.sharedCPUVsFloor, shared.CPUus/floor.CPUus)
+			}
 		}
 		if pertask.OK && ceiling > 0 {
 			rep.roundRatios.pertaskVsCeiling = append(rep.roundRatios.pertaskVsCeiling, pertask.PerS/ceiling)
@@ -516,6 +519,7 @@ func (r *report) jsonObject() map[string]any {
 		"shared_vs_floor":                 medianRatio(r.roundRatios.sharedVsFloor),
 		"pertask_vs_ceiling":              medianRatio(r.roundRatios.pertaskVsCeiling),
 		"shared_p50_vs_floor_p50":         medianRatio(r.roundRatios.sharedP50VsFloor),
+		"shared_cpu_vs_floor_cpu":         medianRatio(r.roundRatios.sharedCPUVsFloor),
 		"shared_vs_python":                ratio(r.shared.PerS, r.python.PerS, r.shared.OK && r.python.OK),
 		"floor_vs_python":                 ratio(r.floor.PerS, r.python.PerS, r.floor.OK && r.python.OK),
 		"pending100k_rss_mb":              nil,
@@ -564,6 +568,7 @@ func (r *report) jsonObject() map[string]any {
 	o["targets"] = map[string]any{
 		"shared_vs_floor>=0.8":          cmp(o["shared_vs_floor"], func(f float64) bool { return f >= 0.8 }),
 		"shared_p50_vs_floor_p50<=1.25": cmp(o["shared_p50_vs_floor_p50"], func(f float64) bool { return f <= 1.25 }),
+		"shared_cpu_vs_floor_cpu<=1.25": cmp(o["shared_cpu_vs_floor_cpu"], func(f float64) bool { return f <= 1.25 }),
 		"pertask_vs_ceiling>=0.7":       cmp(o["pertask_vs_ceiling"], func(f float64) bool { return f >= 0.7 }),
 		"shared_vs_python>=15":          cmp(o["shared_vs_python"], func(f float64) bool { return f >= 15 }),
 		"pending100k_rss_mb<=200":       cmp(o["pending100k_rss_mb"], func(f float64) bool { return f <= 200 }),
@@ -602,7 +607,7 @@ func (r *report) print(out io.Writer, cfg *config) {
 	}
 	row("floor (amqp091-go, confirms)", r.floor, "")
 	row("floor without confirms (info)", r.floorNoConfirm, "")
-	row("stalk shared", r.shared, f("shared_vs_floor", "floor")+"  p50 "+f("shared_p50_vs_floor_p50", "floor"))
+	row("stalk shared", r.shared, f("shared_vs_floor", "floor")+"  p50 "+f("shared_p50_vs_floor_p50", "floor")+"  CPU "+f("shared_cpu_vs_floor_cpu", "floor"))
 	if r.ceilingOK {
 		fmt.Fprintf(tw, "queue ceiling (%d channels)\t%.0f\t\t\t%.1f\t\t\n", cfg.lanes, r.ceiling, r.ceilingCPU)
 	}
