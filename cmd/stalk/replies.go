@@ -123,9 +123,10 @@ func renderJSON(_ *app, raw json.RawMessage) []string {
 	return strings.Split(prettyJSON(raw, true), "\n")
 }
 
-// renderList shows a list reply one item per line, Celery's "* item".
-func renderList(a *app, raw json.RawMessage) []string {
-	var items []json.RawMessage
+// renderEach decodes a list reply into []T and shows each item on a line
+// of its own; a reply of another shape is shown as JSON.
+func renderEach[T any](a *app, raw json.RawMessage, line func(T) string) []string {
+	var items []T
 	if err := json.Unmarshal(raw, &items); err != nil {
 		return renderJSON(a, raw)
 	}
@@ -134,14 +135,20 @@ func renderList(a *app, raw json.RawMessage) []string {
 	}
 	out := make([]string, len(items))
 	for i, it := range items {
-		var s string
-		if json.Unmarshal(it, &s) == nil {
-			out[i] = "* " + s
-		} else {
-			out[i] = "* " + compactRaw(it)
-		}
+		out[i] = line(it)
 	}
 	return out
+}
+
+// renderList shows a list reply one item per line, Celery's "* item".
+func renderList(a *app, raw json.RawMessage) []string {
+	return renderEach(a, raw, func(it json.RawMessage) string {
+		var s string
+		if json.Unmarshal(it, &s) == nil {
+			return "* " + s
+		}
+		return "* " + compactRaw(it)
+	})
 }
 
 func (a *app) taskLine(t revoke.TaskInfo) string {
@@ -159,54 +166,25 @@ func (a *app) taskLine(t revoke.TaskInfo) string {
 }
 
 func renderTasks(a *app, raw json.RawMessage) []string {
-	var ts []revoke.TaskInfo
-	if err := json.Unmarshal(raw, &ts); err != nil {
-		return renderJSON(a, raw)
-	}
-	if len(ts) == 0 {
-		return []string{"- empty -"}
-	}
-	out := make([]string, len(ts))
-	for i, t := range ts {
-		out[i] = a.taskLine(t)
-	}
-	return out
+	return renderEach(a, raw, a.taskLine)
 }
 
 func renderScheduled(a *app, raw json.RawMessage) []string {
-	var ts []revoke.ScheduledTask
-	if err := json.Unmarshal(raw, &ts); err != nil {
-		return renderJSON(a, raw)
-	}
-	if len(ts) == 0 {
-		return []string{"- empty -"}
-	}
-	out := make([]string, len(ts))
-	for i, t := range ts {
+	return renderEach(a, raw, func(t revoke.ScheduledTask) string {
 		// t.Priority is the worker's timer entry's, not the message's:
 		// left to --json.
-		out[i] = fmt.Sprintf("%s eta %s", a.taskLine(t.Request), t.ETA)
-	}
-	return out
+		return fmt.Sprintf("%s eta %s", a.taskLine(t.Request), t.ETA)
+	})
 }
 
 func renderQueues(a *app, raw json.RawMessage) []string {
-	var qs []revoke.QueueDeclaration
-	if err := json.Unmarshal(raw, &qs); err != nil {
-		return renderJSON(a, raw)
-	}
-	if len(qs) == 0 {
-		return []string{"- empty -"}
-	}
-	out := make([]string, len(qs))
-	for i, q := range qs {
+	return renderEach(a, raw, func(q revoke.QueueDeclaration) string {
 		line := fmt.Sprintf("* %s exchange=%s(%s) key=%s", q.Name, q.Exchange.Name, q.Exchange.Type, q.RoutingKey)
 		if t, ok := q.QueueArguments["x-queue-type"].(string); ok {
 			line += " " + t
 		}
-		out[i] = line
-	}
-	return out
+		return line
+	})
 }
 
 func renderQuery(a *app, raw json.RawMessage) []string {
