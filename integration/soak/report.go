@@ -369,6 +369,28 @@ func (s *soak) lostByCause(lost []*task, faults []faultRecord, brokerView map[st
 	for _, t := range lost {
 		at := t.sent.Sub(s.start).Seconds()
 		cause := "no fault within 3 s after it was sent"
+		// A lost task was pending from its send to the end of the run: in
+		// per-task mode, a fault of its reply queue's node at any time
+		// after the send is where a classic queue's transient result goes
+		// (or a result published while the node is down is dropped),
+		// however long the task waited in its task queue first.
+		if s.cfg.mode == amqp.PerTask {
+			if n := nodeIn(brokerView[s.client.ReplyQueue(t.r.ID())]); n > 0 {
+				for _, f := range faults {
+					if f.Node == n && f.At >= at-0.5 {
+						if f.At-at >= 3 {
+							cause = fmt.Sprintf("pending when its reply queue's node was faulted (%s), 3 s or more after it was sent", f.Kind)
+							m[cause]++
+							of[t] = cause
+						}
+						break
+					}
+				}
+				if of[t] != "" {
+					continue
+				}
+			}
+		}
 		for _, f := range faults {
 			if f.At >= at-0.5 && f.At-at < 3 {
 				cause = "sent up to 3 s before a " + f.Kind
