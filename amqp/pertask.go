@@ -151,7 +151,43 @@ func (p *perTaskReplies) openLaneLocked(l *lane, conn *amqp091.Connection, gen u
 	p.watchCancels(ch)
 	l.ch, l.conn, l.gen = ch, conn, gen
 	l.chGen++
+	p.watchLaneClose(l, ch)
 	return nil
+}
+
+// watchLaneClose reopens l when the broker closes its channel while the
+// connection stays up (a channel-level error: every consumer on the lane is
+// gone with it, and no reconnect would follow them again), and follows the
+// lane's results again on the new channel. A channel replaced or closed by
+// stalk, or one whose connection died, is left to whoever did that.
+func (p *perTaskReplies) watchLaneClose(l *lane, ch *amqp091.Channel) {
+	closed := ch.NotifyClose(make(chan *amqp091.Error, 1))
+	p.c.wg.Add(1)
+	go func() {
+		defer p.c.wg.Done()
+		var err *amqp091.Error
+		select {
+		case <-p.c.done:
+			return
+		case err = <-closed:
+		}
+		if err == nil {
+			return // closed by us
+		}
+		l.mu.Lock()
+		if l.ch != ch || l.conn == nil || l.conn.IsClosed() {
+			l.mu.Unlock()
+			return
+		}
+		p.c.log.Warn().Str("error", err.Error()).Int("lane", l.idx).Msg("reply channel closed by the broker; reopening it and following its results again")
+		oerr := p.openLaneLocked(l, l.conn, l.gen)
+		l.mu.Unlock()
+		if oerr != nil {
+			p.c.conn.Reset(oerr)
+			return
+		}
+		p.refollowLane(l)
+	}()
 }
 
 // staleFollows drops the follows on l that consumed on a channel it has
