@@ -155,6 +155,10 @@ func (p *perTaskReplies) openLaneLocked(l *lane, conn *amqp091.Connection, gen u
 	return nil
 }
 
+// laneCloseGrace is how long watchLaneClose waits before it looks at a
+// lane whose channel the broker closed.
+const laneCloseGrace = 100 * time.Millisecond
+
 // watchLaneClose reopens l when the broker closes its channel while the
 // connection stays up (a channel-level error: every consumer on the lane is
 // gone with it, and no reconnect would follow them again), and follows the
@@ -174,8 +178,17 @@ func (p *perTaskReplies) watchLaneClose(l *lane, ch *amqp091.Channel) {
 		if err == nil {
 			return // closed by us
 		}
+		// A follow that took the channel down with it replaces the lane
+		// itself, and a connection going down closes its channels too:
+		// give both a moment, and act only on a lane still left broken
+		// under a connection that is up and Ready.
+		select {
+		case <-p.c.done:
+			return
+		case <-time.After(laneCloseGrace):
+		}
 		l.mu.Lock()
-		if l.ch != ch || l.conn == nil || l.conn.IsClosed() {
+		if l.ch != ch || l.conn == nil || l.conn.IsClosed() || p.c.conn.State() != broker.Ready {
 			l.mu.Unlock()
 			return
 		}
