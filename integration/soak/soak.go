@@ -220,6 +220,8 @@ func (s *soak) run(ctx context.Context) summary {
 	defer stopBG()
 	bg.Add(1)
 	go func() { defer bg.Done(); s.superviseWorker(bgCtx) }()
+	bg.Add(1)
+	go func() { defer bg.Done(); s.stallProbe(bgCtx) }()
 	if s.cfg.mode == amqp.PerTask {
 		for range 8 {
 			s.forgetWG.Add(1)
