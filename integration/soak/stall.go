@@ -47,6 +47,9 @@ func (s *soak) stallProbe(ctx context.Context) {
 			stalled = stalled[:5]
 		}
 		for _, t := range stalled {
+			if ctx.Err() != nil {
+				return
+			}
 			seen[t.seq] = true
 			if d, telling := s.describeStall(ctx, t); telling {
 				reported++
@@ -61,7 +64,9 @@ func (s *soak) stallProbe(ctx context.Context) {
 // fault so far was over whose result is nowhere. A task whose reply
 // queue's node is down, or was while it ran, is the known loss.
 func (s *soak) describeStall(ctx context.Context, t *task) (string, bool) {
-	qctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 20*time.Second)
+	// Bounded by the run: a broker node that does not answer must not hold
+	// the end of the run up.
+	qctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
 	b := &strings.Builder{}
 	fmt.Fprintf(b, "task %d %s sent at %s, waiting %.1fs, state %s", t.seq, t.r.ID(), fmtDur(t.sent.Sub(s.start)), time.Since(t.sent).Seconds(), t.r.State())
