@@ -102,61 +102,65 @@ func (l *stateLog) add(publishing bool, st amqp.ConnState) {
 	l.changed = make(chan struct{})
 }
 
-// waitLeft waits for the connection to leave Ready at or after t0 and
-// returns when it did.
-func (l *stateLog) waitLeft(ctx context.Context, publishing bool, t0 time.Time, limit time.Duration) (time.Time, error) {
+// waitFor calls look with the events so far, and again after each new one,
+// until it reports a time, ctx ends, or limit passes; on timeout, err says
+// what did not happen.
+func (l *stateLog) waitFor(ctx context.Context, limit time.Duration, look func([]stateEvent) (time.Time, bool), err func() error) (time.Time, error) {
 	timeout := time.After(limit)
 	for {
 		l.mu.Lock()
-		for _, e := range l.ev {
-			if e.publishing == publishing && !e.at.Before(t0) && e.state != amqp.Ready {
-				l.mu.Unlock()
-				return e.at, nil
-			}
-		}
+		at, ok := look(l.ev)
 		ch := l.changed
 		l.mu.Unlock()
+		if ok {
+			return at, nil
+		}
 		select {
 		case <-ch:
 		case <-ctx.Done():
 			return time.Time{}, ctx.Err()
 		case <-timeout:
-			return time.Time{}, fmt.Errorf("the connection did not drop within %s", limit)
+			return time.Time{}, err()
 		}
 	}
+}
+
+// waitLeft waits for the connection to leave Ready at or after t0 and
+// returns when it did.
+func (l *stateLog) waitLeft(ctx context.Context, publishing bool, t0 time.Time, limit time.Duration) (time.Time, error) {
+	return l.waitFor(ctx, limit, func(ev []stateEvent) (time.Time, bool) {
+		for _, e := range ev {
+			if e.publishing == publishing && !e.at.Before(t0) && e.state != amqp.Ready {
+				return e.at, true
+			}
+		}
+		return time.Time{}, false
+	}, func() error { return fmt.Errorf("the connection did not drop within %s", limit) })
 }
 
 // waitReady waits for the connection to be Ready again after having left
 // Ready at or after t0, and returns when it was.
 func (l *stateLog) waitReady(ctx context.Context, publishing bool, t0 time.Time, limit time.Duration) (time.Time, error) {
-	timeout := time.After(limit)
-	for {
-		l.mu.Lock()
-		left := false
-		for _, e := range l.ev {
+	left := false
+	return l.waitFor(ctx, limit, func(ev []stateEvent) (time.Time, bool) {
+		left = false
+		for _, e := range ev {
 			if e.publishing != publishing || e.at.Before(t0) {
 				continue
 			}
 			if e.state != amqp.Ready {
 				left = true
 			} else if left {
-				l.mu.Unlock()
-				return e.at, nil
+				return e.at, true
 			}
 		}
-		ch := l.changed
-		l.mu.Unlock()
-		select {
-		case <-ch:
-		case <-ctx.Done():
-			return time.Time{}, ctx.Err()
-		case <-timeout:
-			if !left {
-				return time.Time{}, fmt.Errorf("the connection did not drop within %s", limit)
-			}
-			return time.Time{}, fmt.Errorf("not ready again within %s", limit)
+		return time.Time{}, false
+	}, func() error {
+		if !left {
+			return fmt.Errorf("the connection did not drop within %s", limit)
 		}
-	}
+		return fmt.Errorf("not ready again within %s", limit)
+	})
 }
 
 // latencyHist is a histogram of latencies in 0.1 ms buckets up to 10 s,
