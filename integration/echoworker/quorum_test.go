@@ -117,6 +117,19 @@ func startWorker(t *testing.T, cfg Config) *Worker {
 	return w
 }
 
+// requireProcessed waits for the worker's count of published results to
+// reach n, then checks that it is exactly n. The worker counts a result
+// after its publish returns, so a client can read the result a moment
+// before the count moves.
+func requireProcessed(t *testing.T, w *Worker, n int64) {
+	t.Helper()
+	deadline := time.Now().Add(2 * time.Second)
+	for w.Processed() < n && time.Now().Before(deadline) {
+		time.Sleep(5 * time.Millisecond)
+	}
+	require.Equal(t, n, w.Processed())
+}
+
 func TestQuorumQueueConsume(t *testing.T) {
 	ctx := harness.Ctx(t, 60*time.Second)
 	q := harness.Name("echo-qq")
@@ -162,7 +175,7 @@ func TestHoldETA(t *testing.T) {
 	require.Equal(t, "eta-1", s.TaskID)
 	require.GreaterOrEqual(t, took, 1900*time.Millisecond)
 	require.Less(t, took, 3500*time.Millisecond)
-	require.Equal(t, int64(2), w.Processed())
+	requireProcessed(t, w, 2)
 }
 
 // TestHeldTasksTakePrefetch: 10 held ETA tasks fill a prefetch of 10, so a
@@ -200,7 +213,7 @@ func TestHeldTasksTakePrefetch(t *testing.T) {
 			} else {
 				require.Less(t, waited, 500*time.Millisecond)
 			}
-			require.Equal(t, int64(11), w.Processed())
+			requireProcessed(t, w, 11)
 		})
 	}
 }
@@ -286,7 +299,7 @@ func TestRetry(t *testing.T) {
 				}
 			}
 			require.Equal(t, int64(2), w.Retried())
-			require.Equal(t, int64(1), w.Processed())
+			requireProcessed(t, w, 1)
 		})
 	}
 }
