@@ -54,6 +54,17 @@ type Config struct {
 	// 100,000 task ids) for Received and Receipts. Off, the hot path does
 	// not pay for it.
 	Record bool
+	// ConfirmResults publishes every result and retry state with
+	// publisher confirms and mandatory set, waits for the broker's answer,
+	// and reports it to OnResult. Celery's rpc backend does neither; this
+	// is for telling, in a soak, a result the broker refused or returned
+	// from one it accepted.
+	ConfirmResults bool
+	// OnResult, with ConfirmResults, is called from the publishing
+	// goroutine with the task id and what the broker said of its state
+	// message: "acked", "nacked", "returned <code> <text>" (followed by
+	// the confirm, as ", acked"), or "no confirm: <error>".
+	OnResult func(taskID, outcome string)
 }
 
 func (c *Config) validate() error {
@@ -267,6 +278,7 @@ type lane struct {
 	deliveries <-chan amqp091.Delivery
 	closed     chan *amqp091.Error
 	buf        []byte
+	returns    <-chan amqp091.Return // with ConfirmResults
 
 	// ETA tasks held until due (HoldETA), and the timer for the first.
 	held   heldHeap
@@ -283,11 +295,20 @@ func (w *Worker) openLane(i int) (*lane, error) {
 		return nil, fmt.Errorf("echoworker: qos: %w", err)
 	}
 	closed := ch.NotifyClose(make(chan *amqp091.Error, 1))
+	var returns <-chan amqp091.Return
+	if w.cfg.ConfirmResults {
+		if err := ch.Confirm(false); err != nil {
+			return nil, fmt.Errorf("echoworker: confirm mode: %w", err)
+		}
+		// A return comes before the confirm of the same message, on the
+		// channel's one reader: buffer them so that it never blocks.
+		returns = ch.NotifyReturn(make(chan amqp091.Return, 64))
+	}
 	d, err := ch.Consume(w.cfg.Queue, "echoworker-"+strconv.Itoa(i), false, false, false, false, nil)
 	if err != nil {
 		return nil, fmt.Errorf("echoworker: consume %q: %w", w.cfg.Queue, err)
 	}
-	return &lane{w: w, ch: ch, deliveries: d, closed: closed, buf: make([]byte, 0, 256)}, nil
+	return &lane{w: w, ch: ch, deliveries: d, closed: closed, returns: returns, buf: make([]byte, 0, 256)}, nil
 }
 
 // run consumes. Acks are batched with multiple=true, except while ETA tasks
@@ -461,7 +482,7 @@ func (l *lane) publishState(d *amqp091.Delivery, id string) error {
 	if corr == "" {
 		corr = id
 	}
-	err := l.ch.Publish("", d.ReplyTo, false, false, amqp091.Publishing{
+	msg := amqp091.Publishing{
 		ContentType:     "application/json",
 		ContentEncoding: "utf-8",
 		DeliveryMode:    amqp091.Transient,
@@ -469,11 +490,53 @@ func (l *lane) publishState(d *amqp091.Delivery, id string) error {
 		CorrelationId:   corr,
 		Headers:         amqp091.Table{},
 		Body:            l.buf,
-	})
+	}
+	if !l.w.cfg.ConfirmResults {
+		if err := l.ch.Publish("", d.ReplyTo, false, false, msg); err != nil {
+			return fmt.Errorf("echoworker: publish result: %w", err)
+		}
+		return nil
+	}
+	dc, err := l.ch.PublishWithDeferredConfirm("", d.ReplyTo, true, false, msg)
 	if err != nil {
 		return fmt.Errorf("echoworker: publish result: %w", err)
 	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	acked, err := dc.WaitContext(ctx)
+	cancel()
+	outcome := l.drainReturns(corr)
+	switch {
+	case err != nil:
+		outcome += "no confirm: " + err.Error()
+	case acked:
+		outcome += "acked"
+	default:
+		outcome += "nacked"
+	}
+	if l.w.cfg.OnResult != nil {
+		l.w.cfg.OnResult(id, outcome)
+	}
 	return nil
+}
+
+// drainReturns reads the returns that came before a confirm and says, as
+// a prefix of the outcome, whether the message with correlation id corr
+// was one of them. A return is delivered before its message's confirm.
+func (l *lane) drainReturns(corr string) string {
+	prefix := ""
+	for {
+		select {
+		case r, ok := <-l.returns:
+			if !ok {
+				return prefix
+			}
+			if r.CorrelationId == corr {
+				prefix = fmt.Sprintf("returned %d %s, ", r.ReplyCode, r.ReplyText)
+			}
+		default:
+			return prefix
+		}
+	}
 }
 
 // retry runs echo.retry: [times, countdown]. While the retries header is

@@ -3,6 +3,7 @@ package echoworker
 import (
 	"encoding/json"
 	"os"
+	"sync"
 	"testing"
 	"time"
 
@@ -90,4 +91,35 @@ func TestWorkerRepliesLikeCelery(t *testing.T) {
 	case <-time.After(200 * time.Millisecond):
 	}
 	require.NoError(t, w.Err())
+}
+
+// TestConfirmResults: with ConfirmResults the worker tells, per task, a
+// result the broker accepted from one it returned as unroutable.
+func TestConfirmResults(t *testing.T) {
+	ctx := harness.Ctx(t, 60*time.Second)
+	var mu sync.Mutex
+	got := map[string]string{}
+	q := harness.Name("echo-confirm")
+	startWorker(t, Config{Queue: q, Channels: 1, Prefetch: 4, ConfirmResults: true, OnResult: func(id, outcome string) {
+		mu.Lock()
+		got[id] = outcome
+		mu.Unlock()
+	}})
+	c := newTaskClient(t)
+	c.send(ctx, "", q, "confirm-ok", "tasks.echo", []any{1}, nil)
+	require.Equal(t, "confirm-ok", c.must(10*time.Second).TaskID)
+	// A reply queue that does not exist: the result is returned, then acked.
+	reply := c.reply
+	c.reply = harness.Name("echo-no-such-reply")
+	c.send(ctx, "", q, "confirm-unroutable", "tasks.echo", []any{2}, nil)
+	c.reply = reply
+	require.Eventually(t, func() bool {
+		mu.Lock()
+		defer mu.Unlock()
+		return len(got) == 2
+	}, 10*time.Second, 10*time.Millisecond)
+	mu.Lock()
+	defer mu.Unlock()
+	require.Equal(t, "acked", got["confirm-ok"])
+	require.Equal(t, "returned 312 NO_ROUTE, acked", got["confirm-unroutable"])
 }

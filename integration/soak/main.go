@@ -67,6 +67,7 @@ type config struct {
 	sendTimeout time.Duration
 	url         string
 	logLevel    string
+	confirm     bool          // the echo worker publishes results with confirms and mandatory
 	expires     time.Duration // per-task reply queues' x-expires
 }
 
@@ -91,6 +92,7 @@ func run() int {
 	flag.DurationVar(&cfg.sendTimeout, "send-timeout", 60*time.Second, "limit of one Send (it waits while the broker is unreachable)")
 	flag.StringVar(&cfg.url, "url", def, "broker URL without -cluster (default $STALK_BROKER_URL or the local RabbitMQ)")
 	flag.StringVar(&cfg.logLevel, "log", "warn", "level of the client's log on stderr: debug, info, warn, error, disabled")
+	flag.BoolVar(&cfg.confirm, "confirm-results", false, "the echo worker publishes results with confirms and mandatory, and a lost task's line says what the broker answered (costs memory: one entry per task)")
 	flag.Parse()
 	mode, err := amqp.ParseReplyMode(cfg.modeName)
 	if err != nil {

@@ -189,9 +189,12 @@ type summary struct {
 	Faults         []faultRecord  `json:"faults"`
 	LostTasks      []string       `json:"lost_tasks,omitempty"` // the first few
 	LostByCause    map[string]int `json:"lost_by_cause,omitempty"`
-	Problems       []string       `json:"problems,omitempty"` // the first wrong, failed and settled-twice tasks
-	Interrupted    string         `json:"interrupted,omitempty"`
-	Result         string         `json:"result"` // PASS or FAIL
+	// With -confirm-results: lost tasks by their cause and what the broker
+	// answered to the worker's result.
+	LostByOutcome map[string]int `json:"lost_by_outcome,omitempty"`
+	Problems      []string       `json:"problems,omitempty"` // the first wrong, failed and settled-twice tasks
+	Interrupted   string         `json:"interrupted,omitempty"`
+	Result        string         `json:"result"` // PASS or FAIL
 }
 
 func (s summary) faultErrors() int {
@@ -274,6 +277,12 @@ func (s *soak) summarize(ctx context.Context, drained time.Duration) summary {
 	}
 	var causeOf map[*task]string
 	sum.LostByCause, causeOf = s.lostByCause(lost, faults, brokerView)
+	if s.cfg.confirm && len(lost) > 0 {
+		sum.LostByOutcome = map[string]int{}
+		for _, t := range lost {
+			sum.LostByOutcome[causeOf[t]+" | "+outcomeKind(s.outcome(t.r.ID()))]++
+		}
+	}
 	// Look closer at up to 4 lost tasks of each cause, 12 in all.
 	perCause := map[string]int{}
 	var pick []*task
@@ -311,6 +320,9 @@ func (s *soak) describeLost(t *task, faults []faultRecord, brokerView map[string
 	at := t.sent.Sub(s.start)
 	b := &strings.Builder{}
 	fmt.Fprintf(b, "task %d %s sent at %s", t.seq, t.r.ID(), fmtDur(at))
+	if s.cfg.confirm {
+		fmt.Fprintf(b, "; the worker's result: %s", s.outcome(t.r.ID()))
+	}
 	for i := len(faults) - 1; i >= 0; i-- {
 		if fa := time.Duration(faults[i].At * float64(time.Second)); fa <= at+time.Second {
 			if d := at - fa; d < 0 {
@@ -481,6 +493,14 @@ func (s *soak) printSummary(sum summary) {
 			fmt.Printf("lost by cause: %d %s\n", sum.LostByCause[c], c)
 		}
 	}
+	var outcomes []string
+	for o := range sum.LostByOutcome {
+		outcomes = append(outcomes, o)
+	}
+	sort.Strings(outcomes)
+	for _, o := range outcomes {
+		fmt.Printf("lost by cause | the worker's result: %d %s\n", sum.LostByOutcome[o], o)
+	}
 	for _, l := range sum.LostTasks {
 		fmt.Println("lost:", l)
 	}
@@ -604,4 +624,17 @@ func rssMB() float64 {
 		}
 	}
 	return 0
+}
+
+// outcomeKind shortens what the broker said of each result published for
+// a task to its kind ("acked", "returned 312 NO_ROUTE, acked", "no
+// confirm"), dropping error details, so that lost tasks can be counted by it.
+func outcomeKind(o string) string {
+	parts := strings.Split(o, "; ")
+	for i, p := range parts {
+		if k, _, ok := strings.Cut(p, ":"); ok {
+			parts[i] = k
+		}
+	}
+	return strings.Join(parts, "; ")
 }

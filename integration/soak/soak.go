@@ -48,6 +48,9 @@ type soak struct {
 	workerRestarts atomic.Int64
 	processedGone  atomic.Int64 // results published by workers since replaced
 
+	outcomeMu sync.Mutex
+	outcomes  map[string]string // with -confirm-results: task id -> what the broker said of its result
+
 	seq         atomic.Int64
 	mu          sync.Mutex
 	outstanding map[int64]*task
@@ -145,10 +148,40 @@ func newSoak(ctx context.Context, cfg *config, env *environment) (*soak, error) 
 func (s *soak) startWorker(ctx context.Context) (*echoworker.Worker, error) {
 	wctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 	defer cancel()
-	return echoworker.Start(wctx, echoworker.Config{
+	cfg := echoworker.Config{
 		URL: s.env.workerURL, Queue: s.taskQueue, Channels: 2, Prefetch: 128,
 		Name: s.env.prefix + " echoworker",
-	})
+	}
+	if s.cfg.confirm {
+		cfg.ConfirmResults = true
+		cfg.OnResult = s.recordOutcome
+	}
+	return echoworker.Start(wctx, cfg)
+}
+
+// recordOutcome keeps what the broker said of the worker's result for a
+// task; a second result for the same id (a resend) is appended.
+func (s *soak) recordOutcome(id, outcome string) {
+	s.outcomeMu.Lock()
+	defer s.outcomeMu.Unlock()
+	if s.outcomes == nil {
+		s.outcomes = map[string]string{}
+	}
+	if prev, ok := s.outcomes[id]; ok {
+		outcome = prev + "; " + outcome
+	}
+	s.outcomes[id] = outcome
+}
+
+// outcome says what the broker answered to the worker's result for id,
+// with -confirm-results.
+func (s *soak) outcome(id string) string {
+	s.outcomeMu.Lock()
+	defer s.outcomeMu.Unlock()
+	if o, ok := s.outcomes[id]; ok {
+		return o
+	}
+	return "no result published"
 }
 
 func (s *soak) stopWorker() {
