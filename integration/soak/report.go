@@ -632,9 +632,15 @@ func rssMB() float64 {
 func outcomeKind(o string) string {
 	parts := strings.Split(o, "; ")
 	for i, p := range parts {
-		if k, _, ok := strings.Cut(p, ":"); ok {
-			parts[i] = k
+		if strings.HasPrefix(p, "at ") {
+			if _, rest, ok := strings.Cut(p[3:], " "); ok {
+				p = rest
+			}
 		}
+		if k, _, ok := strings.Cut(p, ":"); ok {
+			p = k
+		}
+		parts[i] = p
 	}
 	return strings.Join(parts, "; ")
 }

@@ -167,6 +167,7 @@ func (s *soak) recordOutcome(id, outcome string) {
 	if s.outcomes == nil {
 		s.outcomes = map[string]string{}
 	}
+	outcome = fmt.Sprintf("at %.3fs %s", s.elapsed().Seconds(), outcome)
 	if prev, ok := s.outcomes[id]; ok {
 		outcome = prev + "; " + outcome
 	}
