@@ -5,8 +5,10 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"maps"
 	"os"
 	"runtime"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -280,7 +282,7 @@ func (s *soak) summarize(ctx context.Context, drained time.Duration) summary {
 	if s.cfg.confirm && len(lost) > 0 {
 		sum.LostByOutcome = map[string]int{}
 		for _, t := range lost {
-			sum.LostByOutcome[causeOf[t]+" | "+outcomeKind(s.outcome(t.r.ID()))]++
+			sum.LostByOutcome[causeOf[t]+" | "+s.outcomeKinds(t.r.ID())]++
 		}
 	}
 	// Look closer at up to 4 lost tasks of each cause, 12 in all.
@@ -476,6 +478,13 @@ func (s *soak) queueCounts(ctx context.Context) map[string]string {
 	return m
 }
 
+// printCounts prints one line per key of m, sorted by key.
+func printCounts(label string, m map[string]int) {
+	for _, k := range slices.Sorted(maps.Keys(m)) {
+		fmt.Printf("%s: %d %s\n", label, m[k], k)
+	}
+}
+
 func (s *soak) printSummary(sum summary) {
 	for _, f := range sum.Faults {
 		if f.Err != "" {
@@ -483,24 +492,8 @@ func (s *soak) printSummary(sum summary) {
 		}
 	}
 	fmt.Printf("recovery: %s\n", recoveryStats(sum.Faults))
-	if len(sum.LostByCause) > 0 {
-		var causes []string
-		for c := range sum.LostByCause {
-			causes = append(causes, c)
-		}
-		sort.Strings(causes)
-		for _, c := range causes {
-			fmt.Printf("lost by cause: %d %s\n", sum.LostByCause[c], c)
-		}
-	}
-	var outcomes []string
-	for o := range sum.LostByOutcome {
-		outcomes = append(outcomes, o)
-	}
-	sort.Strings(outcomes)
-	for _, o := range outcomes {
-		fmt.Printf("lost by cause | the worker's result: %d %s\n", sum.LostByOutcome[o], o)
-	}
+	printCounts("lost by cause", sum.LostByCause)
+	printCounts("lost by cause | the worker's result", sum.LostByOutcome)
 	for _, l := range sum.LostTasks {
 		fmt.Println("lost:", l)
 	}
@@ -624,23 +617,4 @@ func rssMB() float64 {
 		}
 	}
 	return 0
-}
-
-// outcomeKind shortens what the broker said of each result published for
-// a task to its kind ("acked", "returned 312 NO_ROUTE, acked", "no
-// confirm"), dropping error details, so that lost tasks can be counted by it.
-func outcomeKind(o string) string {
-	parts := strings.Split(o, "; ")
-	for i, p := range parts {
-		if strings.HasPrefix(p, "at ") {
-			if _, rest, ok := strings.Cut(p[3:], " "); ok {
-				p = rest
-			}
-		}
-		if k, _, ok := strings.Cut(p, ":"); ok {
-			p = k
-		}
-		parts[i] = p
-	}
-	return strings.Join(parts, "; ")
 }

@@ -49,7 +49,7 @@ type soak struct {
 	processedGone  atomic.Int64 // results published by workers since replaced
 
 	outcomeMu sync.Mutex
-	outcomes  map[string]string // with -confirm-results: task id -> what the broker said of its result
+	outcomes  map[string][]outcomeRecord // with -confirm-results: what the broker said of each result per task id
 
 	seq         atomic.Int64
 	mu          sync.Mutex
@@ -159,30 +159,57 @@ func (s *soak) startWorker(ctx context.Context) (*echoworker.Worker, error) {
 	return echoworker.Start(wctx, cfg)
 }
 
+// outcomeRecord is what the broker said of one result the worker
+// published, and when (since the start of the run) the worker had it.
+type outcomeRecord struct {
+	at   time.Duration
+	text string
+}
+
 // recordOutcome keeps what the broker said of the worker's result for a
-// task; a second result for the same id (a resend) is appended.
+// task; a second result for the same id (a resend) is added after it.
 func (s *soak) recordOutcome(id, outcome string) {
+	at := s.elapsed()
 	s.outcomeMu.Lock()
 	defer s.outcomeMu.Unlock()
 	if s.outcomes == nil {
-		s.outcomes = map[string]string{}
+		s.outcomes = map[string][]outcomeRecord{}
 	}
-	outcome = fmt.Sprintf("at %.3fs %s", s.elapsed().Seconds(), outcome)
-	if prev, ok := s.outcomes[id]; ok {
-		outcome = prev + "; " + outcome
-	}
-	s.outcomes[id] = outcome
+	s.outcomes[id] = append(s.outcomes[id], outcomeRecord{at: at, text: outcome})
 }
 
-// outcome says what the broker answered to the worker's result for id,
-// with -confirm-results.
-func (s *soak) outcome(id string) string {
+// outcomeList formats the records of id, each through f, joined by "; ",
+// or says that the worker published no result for it.
+func (s *soak) outcomeList(id string, f func(outcomeRecord) string) string {
 	s.outcomeMu.Lock()
 	defer s.outcomeMu.Unlock()
-	if o, ok := s.outcomes[id]; ok {
-		return o
+	recs := s.outcomes[id]
+	if len(recs) == 0 {
+		return "no result published"
 	}
-	return "no result published"
+	parts := make([]string, len(recs))
+	for i, r := range recs {
+		parts[i] = f(r)
+	}
+	return strings.Join(parts, "; ")
+}
+
+// outcome says, with -confirm-results, what the broker answered to each
+// result the worker published for id, and when.
+func (s *soak) outcome(id string) string {
+	return s.outcomeList(id, func(r outcomeRecord) string {
+		return fmt.Sprintf("at %.3fs %s", r.at.Seconds(), r.text)
+	})
+}
+
+// outcomeKinds is outcome without the times and error details ("acked",
+// "returned 312 NO_ROUTE, acked", "no confirm"), so that lost tasks can be
+// counted by it.
+func (s *soak) outcomeKinds(id string) string {
+	return s.outcomeList(id, func(r outcomeRecord) string {
+		kind, _, _ := strings.Cut(r.text, ":")
+		return kind
+	})
 }
 
 func (s *soak) stopWorker() {
